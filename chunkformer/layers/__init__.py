@@ -1,0 +1,24 @@
+"""Reusable ``nn.Module`` layers for video transformers."""
+
+from chunkformer.layers.attention import Attention
+from chunkformer.layers.block import PreNormBlock
+from chunkformer.layers.chunk_attention import ChunkAttention
+from chunkformer.layers.clip_encoder import ClipEncoder
+from chunkformer.layers.drop_path import DropPath, drop_path
+from chunkformer.layers.linear_pooling import LinearPooling
+from chunkformer.layers.mlp import Mlp
+from chunkformer.layers.patch_embed import ChunkPatchEmbed
+from chunkformer.layers.shifted_attention import ShiftedAttention
+
+__all__ = [
+    "Attention",
+    "ChunkAttention",
+    "ChunkPatchEmbed",
+    "ClipEncoder",
+    "DropPath",
+    "LinearPooling",
+    "Mlp",
+    "PreNormBlock",
+    "ShiftedAttention",
+    "drop_path",
+]

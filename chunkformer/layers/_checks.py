@@ -1,0 +1,50 @@
+"""Argument and input checks shared by the layers, so every error reads the same way."""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_positive_int(value: object, name: str, owner: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
+    return value
+
+
+def check_probability(value: float, name: str, owner: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{owner}: {name} must be a float in [0, 1), got {value!r}")
+    return float(value)
+
+
+def check_heads(dim: int, num_heads: int, owner: str) -> int:
+    """Validate dim and num_heads and return the per-head width."""
+    check_positive_int(dim, "dim", owner)
+    check_positive_int(num_heads, "num_heads", owner)
+    if dim % num_heads:
+        raise ValueError(f"{owner}: dim ({dim}) must be divisible by num_heads ({num_heads})")
+    return dim // num_heads
+
+
+def check_input(
+    x: object, owner: str, layouts: dict[int, str], channels: int | None = None, channel_axis: int = -1
+) -> None:
+    """Raise a ValueError naming the expected layouts when x has the wrong rank or channel size.
+
+    Args:
+        x: the input to check.
+        owner: the layer name used in the message.
+        layouts: accepted ranks mapped to their layout, e.g. ``{4: "(B, H, W, C)"}``.
+        channels: the size the channel axis must have, when fixed.
+        channel_axis: where the channel axis is.
+    """
+    expected = " or ".join(layouts.values())
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{owner} expects a torch.Tensor of shape {expected}, got {type(x).__name__}")
+    if x.dim() not in layouts:
+        raise ValueError(f"{owner} expects input of shape {expected}, got {tuple(x.shape)}")
+    if channels is not None and x.shape[channel_axis] != channels:
+        layout = layouts[x.dim()]
+        raise ValueError(
+            f"{owner} expects input of shape {layout} with C={channels}, got {tuple(x.shape)}"
+        )
