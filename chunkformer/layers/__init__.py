@@ -6,6 +6,7 @@ from chunkformer.layers.chunk_attention import ChunkAttention
 from chunkformer.layers.clip_encoder import ClipEncoder
 from chunkformer.layers.drop_path import DropPath, drop_path
 from chunkformer.layers.linear_pooling import LinearPooling
+from chunkformer.layers.lsh_attention import LSHAttention
 from chunkformer.layers.mlp import Mlp
 from chunkformer.layers.patch_embed import ChunkPatchEmbed
 from chunkformer.layers.shifted_attention import ShiftedAttention
@@ -16,6 +17,7 @@ __all__ = [
     "ChunkPatchEmbed",
     "ClipEncoder",
     "DropPath",
+    "LSHAttention",
     "LinearPooling",
     "Mlp",
     "PreNormBlock",

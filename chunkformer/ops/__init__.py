@@ -1,4 +1,4 @@
-"""Functional kernels without parameters: attention dispatch and window partitioning."""
+"""Functional kernels without parameters: attention dispatch, LSH attention and window partitioning."""
 
 from chunkformer.ops.attention import (
     BACKENDS,
@@ -10,6 +10,8 @@ from chunkformer.ops.attention import (
     current_backend,
     use_backend,
 )
+from chunkformer.ops.lsh import default_n_buckets
+from chunkformer.ops.lsh_attention import lsh_attention
 from chunkformer.ops.window import (
     pad_to_multiple,
     to_pair,
@@ -26,6 +28,8 @@ __all__ = [
     "attention",
     "available_backends",
     "current_backend",
+    "default_n_buckets",
+    "lsh_attention",
     "pad_to_multiple",
     "to_pair",
     "use_backend",

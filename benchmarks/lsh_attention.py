@@ -1,0 +1,296 @@
+"""LSH attention: chunkformer vs reformer-pytorch vs Hugging Face Reformer vs full SDPA, side by side.
+
+Every (implementation, length, n_hashes) cell runs in a fresh subprocess, so peak memory is that cell's own
+(the growth of the process's resident memory, sampled every 0.5 ms, over its value once the inputs
+exist) and allocator state does not
+leak between cells. All cells: batch 1, 4 heads, head dim 64, bucket 64, fp32, shared QK (the only mode
+reformer-pytorch has), non-causal.
+
+What each implementation runs:
+
+* ``chunkformer``: ``chunkformer.ops.lsh_attention(q, None, v, shared_qk=True)``.
+* ``reformer-pytorch``: ``reformer_pytorch.LSHAttention`` (the kernel without projections), version 1.4.4.
+* ``hf-reformer``: ``transformers``' ``LSHSelfAttention`` (includes its two input projections, whose cost is
+  under 1% here).
+* ``sdpa-full``: exact attention, one SDPA call over all N tokens (only up to 16K: it is N^2).
+
+FLOP model (the issue's): forward 8 * B * H * n_hashes * L * (2 * bucket) * d, backward twice that. "matmul
+share" divides it by the time and by this machine's fp32 GEMM peak, measured in the same run.
+
+Error: on clustered inputs (tokens near 16 centres, where LSH is meant to work) the relative Frobenius
+error of each implementation's output against exact shared-QK attention, same n_hashes, up to 4K tokens;
+values are the inputs themselves (v = qk), since HF's layer can only attend its own input.
+
+Usage::
+
+    python benchmarks/lsh_attention.py --lengths 1024 4096 16384 65536 --hashes 1 4 --markdown-out out.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+HEADS, HEAD_DIM, BUCKET = 4, 64, 64
+IMPLEMENTATIONS = ("chunkformer", "reformer-pytorch", "hf-reformer", "sdpa-full")
+
+
+def _clustered_inputs(length: int, seed: int):
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(HEADS, 16, HEAD_DIM, generator=generator) * 10
+    assign = torch.randint(0, 16, (HEADS, length), generator=generator)
+    qk = torch.gather(centres, 1, assign[..., None].expand(-1, -1, HEAD_DIM))
+    qk = qk + torch.randn(HEADS, length, HEAD_DIM, generator=generator)
+    v = torch.randn(HEADS, length, HEAD_DIM, generator=generator)
+    return qk[None], v[None]
+
+
+def _build(impl: str, n_hashes: int, length: int):
+    """A function (qk, v) -> out of shape (1, H, L, d) for the implementation."""
+    import torch
+    import torch.nn.functional as F
+
+    if impl == "chunkformer":
+        from chunkformer.ops import lsh_attention
+
+        def run(qk, v):
+            generator = torch.Generator().manual_seed(0)
+            return lsh_attention(qk, None, v, bucket_size=BUCKET, n_hashes=n_hashes, shared_qk=True, generator=generator)
+
+        return run
+    if impl == "reformer-pytorch":
+        from reformer_pytorch.reformer_pytorch import LSHAttention
+
+        layer = LSHAttention(bucket_size=BUCKET, n_hashes=n_hashes, causal=False)
+
+        def run(qk, v):
+            out, _, _ = layer(qk.flatten(0, 1), v.flatten(0, 1))
+            return out.reshape(qk.shape)
+
+        return run
+    if impl == "hf-reformer":
+        from transformers import ReformerConfig
+        from transformers.models.reformer.modeling_reformer import LSHSelfAttention
+
+        config = ReformerConfig(
+            hidden_size=HEADS * HEAD_DIM,
+            num_attention_heads=HEADS,
+            attention_head_size=HEAD_DIM,
+            lsh_attn_chunk_length=BUCKET,
+            num_buckets=max(2, length // BUCKET),
+            num_hashes=n_hashes,
+            lsh_num_chunks_before=1,
+            lsh_num_chunks_after=0,
+            is_decoder=False,
+            lsh_attention_probs_dropout_prob=0.0,
+            attn_layers=["lsh"],
+        )
+        layer = LSHSelfAttention(config)
+        # Identity projections, so the layer attends the given vectors (and the error is comparable).
+        with torch.no_grad():
+            layer.query_key.weight.copy_(torch.eye(HEADS * HEAD_DIM))
+            layer.value.weight.copy_(torch.eye(HEADS * HEAD_DIM))
+
+        def run(qk, v):
+            # HF's layer takes one hidden state for both: feed qk, and v through its value projection.
+            hidden = qk.transpose(1, 2).flatten(2)
+            layer.value.weight.data.copy_(torch.eye(HEADS * HEAD_DIM))
+            out = layer(hidden).hidden_states
+            return out.reshape(1, length, HEADS, HEAD_DIM).transpose(1, 2)
+
+        return run
+    if impl == "sdpa-full":
+
+        def run(qk, v):
+            keys = F.normalize(qk, dim=-1)
+            mask = ~torch.eye(qk.shape[-2], dtype=torch.bool)
+            return F.scaled_dot_product_attention(qk, keys, v, attn_mask=mask)
+
+        return run
+    raise ValueError(f"unknown implementation {impl!r}; expected one of {IMPLEMENTATIONS}")
+
+
+class _PeakRSS:
+    """Samples this process's resident memory every half millisecond; ``peak_mb`` is the growth of the
+    peak over the resident memory at entry (ru_maxrss cannot tell a run's peak from an earlier one)."""
+
+    def __enter__(self) -> "_PeakRSS":
+        import threading
+
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._stop = threading.Event()
+        self.baseline = self._resident()
+        self.peak = self.baseline
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _resident(self) -> int:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * self._page
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._resident())
+            time.sleep(0.0005)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._resident())
+
+    @property
+    def peak_mb(self) -> float:
+        return (self.peak - self.baseline) / 2**20
+
+
+def _cell(impl: str, length: int, n_hashes: int, repeats: int, threads: int) -> dict:
+    """Run one cell in this process and return its measurements."""
+    import torch
+
+    torch.set_num_threads(threads)
+    qk, v = _clustered_inputs(length, seed=1)
+    qk.requires_grad_(True)
+    v.requires_grad_(True)
+    run = _build(impl, n_hashes, length)
+    with _PeakRSS() as memory:
+        run(qk, v).sum().backward()
+    peak_mb = memory.peak_mb
+    forward, both = [], []
+    for _ in range(repeats):
+        with torch.no_grad():
+            start = time.perf_counter()
+            run(qk, v)
+            forward.append(time.perf_counter() - start)
+        qk.grad = v.grad = None
+        start = time.perf_counter()
+        run(qk, v).sum().backward()
+        both.append(time.perf_counter() - start)
+    result = {
+        "impl": impl,
+        "length": length,
+        "n_hashes": n_hashes,
+        "forward_s": statistics.median(forward),
+        "fwd_bwd_s": statistics.median(both),
+        "peak_mb": peak_mb,
+        "error": None,
+    }
+    if length <= 4096 and impl != "sdpa-full":
+        import torch.nn.functional as F
+
+        with torch.no_grad():
+            # HF's layer attends its own input (value = query-key input), so every row uses v = qk.
+            values = qk
+            approx = run(qk, values)
+            keys = F.normalize(qk, dim=-1)
+            mask = ~torch.eye(length, dtype=torch.bool)
+            exact = F.scaled_dot_product_attention(qk, keys, values, attn_mask=mask)
+            result["error"] = float((approx - exact).norm() / exact.norm())
+    return result
+
+
+def _matmul_peak_gflops(threads: int) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    best = float("inf")
+    for _ in range(6):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * 2048**3 / best / 1e9
+
+
+def _flops(length: int, n_hashes: int) -> tuple[float, float]:
+    forward = 8 * 1 * HEADS * n_hashes * length * (2 * BUCKET) * HEAD_DIM
+    return forward, 2 * forward
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
+    parser.add_argument("--hashes", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--impls", nargs="+", default=list(IMPLEMENTATIONS), choices=IMPLEMENTATIONS)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per cell")
+    parser.add_argument("--markdown-out", default=None)
+    parser.add_argument("--json-out", default=None)
+    parser.add_argument("--cell", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.cell:
+        impl, length, n_hashes = args.cell.split(":")
+        print(json.dumps(_cell(impl, int(length), int(n_hashes), args.repeats, args.threads)))
+        return
+
+    import torch
+
+    peak = _matmul_peak_gflops(args.threads)
+    rows = []
+    for length in args.lengths:
+        for n_hashes in args.hashes:
+            for impl in args.impls:
+                if impl == "sdpa-full" and (length > 16384 or n_hashes != args.hashes[0]):
+                    continue
+                command = [
+                    sys.executable, __file__, "--cell", f"{impl}:{length}:{n_hashes}",
+                    "--repeats", str(args.repeats), "--threads", str(args.threads),
+                ]
+                try:
+                    done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+                    if done.returncode != 0:
+                        last = (done.stderr.strip().splitlines() or ["?"])[-1]
+                        rows.append({"impl": impl, "length": length, "n_hashes": n_hashes, "failed": last[:120]})
+                    else:
+                        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+                except subprocess.TimeoutExpired:
+                    rows.append({"impl": impl, "length": length, "n_hashes": n_hashes, "failed": f"timeout {args.timeout}s"})
+                print(rows[-1], file=sys.stderr, flush=True)
+
+    lines = [
+        f"Machine: {platform.processor() or platform.machine()}, {args.threads} threads; torch {torch.__version__}; "
+        f"fp32 GEMM peak measured {peak:.1f} GFLOP/s",
+        f"Command: `python benchmarks/lsh_attention.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        "",
+        "| L | n_hashes | implementation | forward (s) | fwd+bwd (s) | fwd+bwd vs ours | peak MB | matmul share (fwd+bwd) | rel. error |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for length in args.lengths:
+        for n_hashes in args.hashes:
+            cell_rows = [r for r in rows if r["length"] == length and r["n_hashes"] == n_hashes]
+            ours = next((r for r in cell_rows if r["impl"] == "chunkformer" and "failed" not in r), None)
+            for row in cell_rows:
+                if "failed" in row:
+                    lines.append(f"| {length} | {n_hashes} | {row['impl']} | failed: {row['failed']} | | | | | |")
+                    continue
+                forward_flops, backward_flops = _flops(length, n_hashes)
+                share = (forward_flops + backward_flops) / row["fwd_bwd_s"] / (peak * 1e9)
+                ratio = f"{row['fwd_bwd_s'] / ours['fwd_bwd_s']:.2f}x" if ours else "-"
+                share_text = f"{share:.0%}" if row["impl"] != "sdpa-full" else "-"
+                error = f"{row['error']:.3f}" if row.get("error") is not None else "-"
+                lines.append(
+                    f"| {length} | {n_hashes} | {row['impl']} | {row['forward_s']:.3f} | {row['fwd_bwd_s']:.3f} | "
+                    f"{ratio} | {row['peak_mb']:.0f} | {share_text} | {error} |"
+                )
+    table = "\n".join(lines)
+    print(table)
+    if args.markdown_out:
+        with open(args.markdown_out, "w") as handle:
+            handle.write(table + "\n")
+    if args.json_out:
+        with open(args.json_out, "w") as handle:
+            json.dump({"peak_gflops": peak, "rows": rows}, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,349 @@
+"""Angular locality-sensitive hashing and the bucket-sorted layouts LSH attention runs on.
+
+Everything here is integer bookkeeping without gradients: which token sits in which slot of which block,
+and which key block each query block looks at. :mod:`chunkformer.ops.lsh_attention` does the arithmetic.
+
+Two layouts, both vectorised over batch x heads x hash rounds with static shapes (no data-dependent sizes, so
+they run on the meta device and under ``torch.compile``):
+
+* **sorted** (non-causal): tokens sorted by (bucket, position) and cut into blocks of ``bucket_size``; query
+  block g sees key blocks g and g - 1 (cyclically within the round), as in Reformer.
+* **bucket-aligned** (causal): every bucket starts at a block boundary, so a key's slot is its rank inside its
+  bucket and depends only on earlier tokens. A query sees the keys of its own bucket at positions <= its own,
+  the newest ``bucket_size`` of them. This makes the output at position i a function of tokens <= i only,
+  bit for bit, which the sorted layout is not (later tokens move block boundaries).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "LSHLayout",
+    "bucket_aligned_layout",
+    "default_n_buckets",
+    "hash_buckets",
+    "random_rotations",
+    "sorted_layout",
+]
+
+
+def default_n_buckets(seq_len: int, bucket_size: int) -> int:
+    """Buckets used when ``n_buckets`` is None: about ``seq_len / bucket_size`` (so a bucket holds about one
+    block of tokens), rounded up to an even number as angular hashing needs; 1 when the whole sequence fits
+    in one block, which makes the attention exact."""
+    if seq_len <= bucket_size:
+        return 1
+    return 2 * math.ceil(seq_len / (2 * bucket_size))
+
+
+def random_rotations(
+    head_dim: int,
+    n_hashes: int,
+    n_buckets: int,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """Gaussian rotations for angular LSH, drawn from ``generator`` (never from the global RNG).
+
+    Shape:
+        - output: (head_dim, n_hashes, n_buckets // 2), float32
+    """
+    return torch.randn(
+        head_dim, n_hashes, max(n_buckets // 2, 1), generator=generator, device=device, dtype=torch.float32
+    )
+
+
+def hash_buckets(x: torch.Tensor, rotations: torch.Tensor, n_buckets: int) -> torch.Tensor:
+    """Angular LSH (Andoni et al. 2015): bucket = argmax over [x R, -x R], one rotation R per round.
+
+    The same rotations serve every batch element and head, and queries and keys alike. With
+    ``n_buckets == 1`` every token is in bucket 0.
+
+    Shape:
+        - x: (G, N, d)
+        - rotations: (d, n_hashes, n_buckets // 2)
+        - output: (G, n_hashes, N), int64 in [0, n_buckets)
+    """
+    groups, seq_len, _ = x.shape
+    n_hashes = rotations.shape[1]
+    if n_buckets == 1:
+        return torch.zeros(groups, n_hashes, seq_len, dtype=torch.long, device=x.device)
+    projected = torch.einsum("gnd,drk->grnk", x.float(), rotations)
+    # argmax over [xR, -xR] without materialising the concatenation.
+    top, top_index = projected.max(dim=-1)
+    bottom, bottom_index = projected.min(dim=-1)
+    return torch.where(top >= -bottom, top_index, bottom_index + rotations.shape[-1])
+
+
+@dataclass
+class LSHLayout:
+    """Where every token goes, per hash round.
+
+    ``G`` is batch x heads, ``R`` the hash rounds, ``Q`` query blocks per round, ``bs`` the bucket size and
+    ``K`` the keys a query block sees (``bs`` or ``2 * bs``). Token index ``N`` is a padding token the caller
+    appends; empty slots point at it.
+
+    Attributes:
+        query_ids: (G, R, Q, bs) token in each query slot.
+        key_ids: (G, R, Q, K) token in each key slot seen by the query block.
+        query_slot: (G, R, N) flat index into the R x Q x bs query slots of each token in each round;
+            ``R * Q * bs`` for a token with no slot in that round.
+        keep: (G, R, Q, bs, K) bool: the query attends to the key in this round. A pair that several rounds
+            put in view is kept in the first of them only, so the rounds together attend to each key of the
+            union once. None when every pair in view is kept (one round, no padding, no self-exclusion),
+            so no mask is needed.
+    """
+
+    query_ids: torch.Tensor
+    key_ids: torch.Tensor
+    query_slot: torch.Tensor
+    keep: torch.Tensor | None
+
+
+def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
+    return torch.cumsum(x, dim=-1) - x
+
+
+def _inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
+    positions = torch.arange(perm.shape[-1], device=perm.device).expand_as(perm)
+    return torch.empty_like(perm).scatter_(-1, perm, positions)
+
+
+def _lookup(features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Per-token features (G, R, N + 1) looked up at token ids (G, R, ...) -> (G, R, ...)."""
+    return torch.gather(features, 2, ids.reshape(*ids.shape[:2], -1)).reshape(ids.shape)
+
+
+def _with_pad(features: torch.Tensor, value: int) -> torch.Tensor:
+    """Append the padding token's feature along the token axis."""
+    pad = torch.full((*features.shape[:-1], 1), value, dtype=features.dtype, device=features.device)
+    return torch.cat([features, pad], dim=-1)
+
+
+def _flat_query_slot(slot: torch.Tensor, placed: torch.Tensor, slots_per_round: int) -> torch.Tensor:
+    rounds = slot.shape[1]
+    offset = torch.arange(rounds, device=slot.device)[None, :, None] * slots_per_round
+    return torch.where(placed, slot + offset, rounds * slots_per_round)
+
+
+def _first_round_only(
+    seen: Callable[[int, int], torch.Tensor], rounds: int, visible: torch.Tensor
+) -> torch.Tensor:
+    """Drop from round r every pair that an earlier round r' < r already has in view.
+
+    ``seen(r_prime, r)`` says, for the pairs of round r's layout, whether round r' has them in view. Only
+    r(r - 1) / 2 round pairs are compared, one at a time, so one round's worth of flags exists at once.
+    """
+    keep = visible.clone()
+    for row_round in range(1, rounds):
+        for earlier in range(row_round):
+            keep[:, row_round] &= ~seen(earlier, row_round)
+    return keep
+
+
+def sorted_layout(
+    query_buckets: torch.Tensor,
+    key_buckets: torch.Tensor,
+    valid: torch.Tensor | None,
+    bucket_size: int,
+    n_buckets: int,
+    shared_qk: bool,
+) -> LSHLayout:
+    """Reformer's layout: sort by (bucket, position), blocks of ``bucket_size``, look one block back.
+
+    Query and key tokens are sorted separately (one sort when ``shared_qk``); query block g sees key blocks
+    g - 1 and g of its round, cyclically, or only block 0 when there is one block. A pair is in view when
+    both tokens are real (and, under shared QK, distinct). Padding tokens (``valid`` False, and the fill
+    up to whole blocks) go to an extra bucket after all real ones, so they never displace real tokens.
+
+    Shape:
+        - query_buckets, key_buckets: (G, R, N)
+        - valid: (G, N) bool, True for real tokens; None when all are real
+    """
+    groups, rounds, seq_len = query_buckets.shape
+    device = query_buckets.device
+    n_blocks = max(1, math.ceil(seq_len / bucket_size))
+    padded_len = n_blocks * bucket_size
+    pad_bucket = n_buckets
+    has_padding = valid is not None or padded_len != seq_len
+
+    def sort_tokens(buckets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        full = torch.full((groups, rounds, padded_len), pad_bucket, dtype=torch.long, device=device)
+        full[..., :seq_len] = buckets if valid is None else torch.where(valid[:, None], buckets, pad_bucket)
+        # A stable sort by bucket keeps positions ascending inside each bucket.
+        order = torch.sort(full, dim=-1, stable=True).indices
+        return order.clamp(max=seq_len), _inverse_permutation(order)[..., :seq_len]
+
+    query_order, query_slot = sort_tokens(query_buckets)
+    key_order, key_slot = (query_order, query_slot) if shared_qk else sort_tokens(key_buckets)
+
+    query_ids = query_order.reshape(groups, rounds, n_blocks, bucket_size)
+    key_blocks = key_order.reshape(groups, rounds, n_blocks, bucket_size)
+    key_ids = torch.cat([key_blocks.roll(1, dims=2), key_blocks], dim=-1) if n_blocks > 1 else key_blocks
+
+    placed = torch.ones_like(query_slot, dtype=torch.bool) if valid is None else valid[:, None].expand_as(query_slot)
+    flat_slot = _flat_query_slot(query_slot, placed, padded_len)
+
+    if rounds == 1 and not has_padding and not shared_qk:
+        return LSHLayout(query_ids, key_ids, flat_slot, None)
+
+    real = torch.ones(groups, seq_len, dtype=torch.bool, device=device) if valid is None else valid
+    real = torch.cat([real, torch.zeros(groups, 1, dtype=torch.bool, device=device)], dim=-1)
+    real = real[:, None].expand(groups, rounds, seq_len + 1)
+    visible = _lookup(real, query_ids)[..., :, None] & _lookup(real, key_ids)[..., None, :]
+    if shared_qk:
+        visible &= query_ids[..., :, None] != key_ids[..., None, :]
+    if n_blocks == 1:
+        # Every round has every key in view: the first round already attends to the whole union.
+        visible[:, 1:] = False
+        return LSHLayout(query_ids, key_ids, flat_slot, visible)
+
+    # In round r' a pair is in view when the key's block is the query's block or the one before it.
+    query_block = _with_pad(torch.div(query_slot, bucket_size, rounding_mode="floor").int(), -4)
+    key_block = _with_pad(torch.div(key_slot, bucket_size, rounding_mode="floor").int(), -8)
+
+    def seen(earlier: int, row_round: int) -> torch.Tensor:
+        q_block = _lookup(query_block[:, earlier, None], query_ids[:, row_round, None])[:, 0, ..., :, None]
+        k_block = _lookup(key_block[:, earlier, None], key_ids[:, row_round, None])[:, 0, ..., None, :]
+        q_previous = torch.where(q_block > 0, q_block - 1, q_block + n_blocks - 1)
+        return (k_block == q_block) | (k_block == q_previous)
+
+    return LSHLayout(query_ids, key_ids, flat_slot, _first_round_only(seen, rounds, visible))
+
+
+def bucket_aligned_layout(
+    query_buckets: torch.Tensor,
+    key_buckets: torch.Tensor,
+    valid: torch.Tensor | None,
+    bucket_size: int,
+    n_buckets: int,
+    shared_qk: bool,
+) -> LSHLayout:
+    """The strictly causal layout.
+
+    Keys of each bucket fill whole blocks in position order, each bucket starting a new block, so a key's
+    slot is its rank r in its bucket. Query i, in bucket b, sees the keys of bucket b at positions <= i, the
+    newest ``bucket_size`` of them: ranks in (n - bucket_size, n], where n is the rank of its newest such key.
+    Those live in the key block holding rank n and the block before it; queries are grouped by that block.
+    Every quantity a query's row depends on (ranks, in-block slots) is a function of tokens <= i.
+
+    Block counts use static upper bounds: ceil(N / bucket_size) + n_buckets key blocks, and, for separate
+    q and k, ceil(N / bucket_size) more query blocks, since a key block's queries may overflow one block.
+
+    Shape:
+        - query_buckets, key_buckets: (G, R, N)
+        - valid: (G, N) bool, True for real tokens; None when all are real
+    """
+    groups, rounds, seq_len = query_buckets.shape
+    device = query_buckets.device
+    positions = torch.arange(seq_len, device=device)
+    n_key_blocks = math.ceil(seq_len / bucket_size) + n_buckets
+    key_slots = n_key_blocks * bucket_size
+    pad_bucket = n_buckets
+    real = (
+        torch.ones(groups, 1, seq_len, dtype=torch.bool, device=device) if valid is None else valid[:, None]
+    ).expand(groups, rounds, seq_len)
+
+    key_buckets = torch.where(real, key_buckets, pad_bucket)
+    sorted_buckets, order = torch.sort(key_buckets, dim=-1, stable=True)
+    counts = torch.zeros(groups, rounds, n_buckets + 1, dtype=torch.long, device=device)
+    counts.scatter_add_(-1, key_buckets, torch.ones_like(key_buckets))
+    first_index = _exclusive_cumsum(counts)
+    blocks_per_bucket = torch.div(counts + bucket_size - 1, bucket_size, rounding_mode="floor")
+    blocks_per_bucket[..., pad_bucket] = 0
+    first_block = _exclusive_cumsum(blocks_per_bucket)
+    key_rank = _inverse_permutation(order) - torch.gather(first_index, -1, key_buckets)
+
+    # Slot of every real key; padding keys go to one extra slot that is cut off.
+    key_slot = torch.gather(first_block, -1, key_buckets) * bucket_size + key_rank
+    key_slot = torch.where(real, key_slot, key_slots)
+    slot_token = torch.full((groups, rounds, key_slots + 1), seq_len, dtype=torch.long, device=device)
+    slot_token.scatter_(-1, key_slot, positions.expand(groups, rounds, seq_len).contiguous())
+    slot_token = slot_token[..., :key_slots]
+
+    query_buckets = torch.where(real, query_buckets, pad_bucket)
+    if shared_qk:
+        newest = key_rank
+    else:
+        # Rank of the newest key of the query's bucket at a position <= the query's (-1 if none).
+        sorted_composite = sorted_buckets * seq_len + torch.gather(
+            positions.expand(groups, rounds, seq_len), -1, order
+        )
+        upto = torch.searchsorted(sorted_composite, query_buckets * seq_len + positions, right=True)
+        newest = upto - torch.gather(first_index, -1, query_buckets) - 1
+    has_key = real & (newest >= 0)
+    key_block = torch.gather(first_block, -1, query_buckets) + torch.div(
+        newest.clamp(min=0), bucket_size, rounding_mode="floor"
+    )
+
+    if shared_qk:
+        n_query_blocks = n_key_blocks
+        query_slot = key_slot
+        query_key_block = torch.arange(n_key_blocks, device=device).expand(groups, rounds, n_key_blocks)
+    else:
+        # Group queries by the key block of their newest visible key; a group may need several blocks.
+        n_query_blocks = n_key_blocks + math.ceil(seq_len / bucket_size)
+        group = torch.where(has_key, key_block, n_key_blocks)
+        group_order = torch.sort(group, dim=-1, stable=True).indices
+        group_size = torch.zeros(groups, rounds, n_key_blocks + 1, dtype=torch.long, device=device)
+        group_size.scatter_add_(-1, group, torch.ones_like(group))
+        rank_in_group = _inverse_permutation(group_order) - torch.gather(_exclusive_cumsum(group_size), -1, group)
+        blocks_per_group = torch.div(group_size + bucket_size - 1, bucket_size, rounding_mode="floor")
+        blocks_per_group[..., n_key_blocks] = 0
+        query_block = torch.gather(_exclusive_cumsum(blocks_per_group), -1, group) + torch.div(
+            rank_in_group, bucket_size, rounding_mode="floor"
+        )
+        query_slot = query_block * bucket_size + torch.remainder(rank_in_group, bucket_size)
+        # Key block of each query block, scattered from its queries; empty blocks keep 0 (all masked).
+        query_key_block = torch.zeros(groups, rounds, n_query_blocks + 1, dtype=torch.long, device=device)
+        query_key_block.scatter_(-1, torch.where(has_key, query_block, n_query_blocks), key_block)
+        query_key_block = query_key_block[..., :n_query_blocks]
+
+    query_slots = n_query_blocks * bucket_size
+    query_token = torch.full((groups, rounds, query_slots + 1), seq_len, dtype=torch.long, device=device)
+    query_token.scatter_(
+        -1, torch.where(has_key, query_slot, query_slots), positions.expand(groups, rounds, seq_len).contiguous()
+    )
+    query_ids = query_token[..., :query_slots].reshape(groups, rounds, n_query_blocks, bucket_size)
+
+    key_blocks = slot_token.reshape(groups, rounds, n_key_blocks, bucket_size)
+    block_index = query_key_block[..., None].expand(-1, -1, -1, bucket_size)
+    previous = torch.gather(key_blocks, 2, (block_index - 1).clamp(min=0))
+    # Block 0 has no previous block: point its look-back at the padding token, not at itself again.
+    previous = torch.where(block_index >= 1, previous, seq_len)
+    key_ids = torch.cat([previous, torch.gather(key_blocks, 2, block_index)], dim=-1)
+
+    # In round r' a pair is in view when the key is in the query's bucket with a rank in
+    # (newest - bucket_size, newest]. One integer code per token makes that two comparisons.
+    stride = seq_len + 2 * bucket_size + 2
+    code_dtype = torch.int32 if (n_buckets + 2) * stride < 2**31 else torch.long
+    key_code = _with_pad(torch.where(real, key_buckets * stride + key_rank + bucket_size, -1).to(code_dtype), -1)
+    query_high = torch.where(has_key, query_buckets * stride + newest + bucket_size, -2 * stride)
+    query_high = _with_pad(query_high.to(code_dtype), -2 * stride)
+
+    def in_view(key_code_r: torch.Tensor, query_high_r: torch.Tensor, key_ids_r, query_ids_r) -> torch.Tensor:
+        code = _lookup(key_code_r, key_ids_r)[..., None, :]
+        high = _lookup(query_high_r, query_ids_r)[..., :, None]
+        in_window = (code <= high) & (code > high - bucket_size)
+        if shared_qk:
+            in_window &= query_ids_r[..., :, None] != key_ids_r[..., None, :]
+        return in_window
+
+    visible = in_view(key_code, query_high, key_ids, query_ids)
+
+    def seen(earlier: int, row_round: int) -> torch.Tensor:
+        return in_view(
+            key_code[:, earlier, None],
+            query_high[:, earlier, None],
+            key_ids[:, row_round, None],
+            query_ids[:, row_round, None],
+        )[:, 0]
+
+    keep = _first_round_only(seen, rounds, visible)
+    flat_slot = _flat_query_slot(query_slot, has_key, query_slots)
+    return LSHLayout(query_ids, key_ids, flat_slot, keep)

@@ -1,0 +1,481 @@
+"""Reformer-style LSH attention: angular hashing, bucket sort, block attention, rounds merged exactly.
+
+The layouts (which token sits in which block, what each query block sees) come from
+:mod:`chunkformer.ops.lsh`; this module runs attention on the blocks and merges the hash rounds.
+
+How rounds are merged: every round r gives, per query, an output o_r and the log-sum-exp l_r of its logits.
+A (query, key) pair that several rounds put in view is attended in the first of them only, so the merged
+result ``sum_r exp(l_r - L) o_r`` with ``L = logsumexp_r l_r`` is exactly softmax attention over the union of
+keys the rounds put in view, each counted once. (Reformer instead lowers such a logit by log(count) in every
+round; the result is the same in exact arithmetic, and keeping the first round needs only r(r - 1) / 2 round
+comparisons and a 0 / -inf mask.)
+
+The backward pass does not go through autograd's record of gathers: it re-gathers the blocks from the saved
+inputs and layout and calls the block-attention backward with the merged output and the merged
+log-sum-exp L, which yields each round's share of the exact gradient directly (the same identity ring
+attention uses). Nothing of size N x N exists at any point; the largest buffers hold
+N x n_hashes x 2 x bucket_size values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from chunkformer.ops.lsh import (
+    bucket_aligned_layout,
+    default_n_buckets,
+    hash_buckets,
+    random_rotations,
+    sorted_layout,
+)
+
+__all__ = ["lsh_attention"]
+
+_DEFAULT_SEED = 0
+
+
+# Block tensors are laid out slot-major in memory, (G, slots, blocks, d), and viewed as (G, blocks, slots, d):
+# that is the (batch, length, heads, dim) layout the CPU flash kernels work in, so they copy nothing, and
+# their gradients come back in it too (measured: the backward kernel runs 2.5x faster than on
+# block-major tensors).
+
+
+# Empty slots point at token index N. No row N is ever materialised: those slots read token 0 instead, which
+# is harmless because an empty key slot is always masked (weight exactly 0, so it adds exactly 0 to every
+# gradient) and an empty query slot's output is never read and its incoming gradient is zeroed.
+
+
+def _flat_rows(ids: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Token ids (G, ...) -> row indices into the (G * N, d) flattening, empty slots -> token 0."""
+    offsets = torch.arange(ids.shape[0], device=ids.device).reshape(-1, *([1] * (ids.dim() - 1))) * seq_len
+    return (torch.where(ids < seq_len, ids, 0) + offsets).reshape(-1)
+
+
+def _slot_major_ids(ids: torch.Tensor) -> torch.Tensor:
+    """ids (G, R, Q, S) -> (G, S, R * Q)."""
+    groups, rounds, blocks, slots = ids.shape
+    return ids.reshape(groups, rounds * blocks, slots).transpose(1, 2)
+
+
+def _gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Rows of x (G, N, d) at ids (G, R, Q, S) -> (G, R * Q, S, d), slot-major in memory."""
+    groups, seq_len, width = x.shape
+    rows = x.reshape(-1, width).index_select(0, _flat_rows(_slot_major_ids(ids), seq_len))
+    return rows.reshape(groups, ids.shape[-1], -1, width).transpose(1, 2)
+
+
+def _scatter_add_tokens(blocks: torch.Tensor, ids: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Adjoint of :func:`_gather_tokens`: sum every slot back into its token."""
+    groups, width = ids.shape[0], blocks.shape[-1]
+    out = blocks.new_zeros(groups * seq_len, width)
+    out.index_add_(0, _flat_rows(_slot_major_ids(ids), seq_len), blocks.transpose(1, 2).reshape(-1, width))
+    return out.reshape(groups, seq_len, width)
+
+
+def _rows_of_tokens(blocks: torch.Tensor, query_slot: torch.Tensor) -> torch.Tensor:
+    """Each token's row in each round: blocks (G, R * Q, S, ...) at query_slot (G, R, N) -> (G, R, N, ...).
+
+    ``query_slot`` counts slots block-major (block * S + slot). A token without a slot in a round
+    (``query_slot == R * Q * S``) reads an arbitrary row: callers mask it.
+    """
+    groups, n_blocks, slots = blocks.shape[:3]
+    trailing = blocks.shape[3:]
+    flat = blocks.transpose(1, 2).reshape(groups * slots * n_blocks, *trailing)
+    block, slot = torch.div(query_slot, slots, rounding_mode="floor"), torch.remainder(query_slot, slots)
+    index = torch.where(query_slot < n_blocks * slots, slot * n_blocks + block, 0)
+    index = index + torch.arange(groups, device=index.device).reshape(-1, 1, 1) * (slots * n_blocks)
+    return flat.index_select(0, index.reshape(-1)).reshape(*query_slot.shape, *trailing)
+
+
+def _logit_bias(keep: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """0 where the pair is attended, -inf elsewhere. Shape (G, R * Q, bs, K)."""
+    if keep is None:
+        return None
+    groups, rounds, blocks = keep.shape[:3]
+    zero = torch.zeros((), dtype=dtype, device=keep.device)
+    bias = torch.where(keep, zero, torch.full((), float("-inf"), dtype=dtype, device=keep.device))
+    return bias.reshape(groups, rounds * blocks, *keep.shape[3:])
+
+
+def _use_flash(q: torch.Tensor, dropout_p: float) -> bool:
+    # The CPU flash kernel returns the log-sum-exp and has a matching backward; it has no dropout.
+    return q.device.type == "cpu" and dropout_p == 0.0
+
+
+def _kernel_width(q: torch.Tensor, v: torch.Tensor) -> int:
+    """One head size for q, k and v, rounded up to a multiple of 8: the CPU flash kernel's vector tail for
+    other widths rounds a row differently depending on its batch position (measured for odd widths in
+    float32), which would break bitwise causality. Zero padding changes no dot product."""
+    return -(-max(q.shape[-1], v.shape[-1]) // 8) * 8
+
+
+def _pad_last(x: torch.Tensor, width: int) -> torch.Tensor:
+    return x if x.shape[-1] == width else F.pad(x, (0, width - x.shape[-1]))
+
+
+def _block_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor | None,
+    scale: float,
+    dropout_keep: torch.Tensor | None,
+    dropout_p: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of every query block on its key view: output and float32 log-sum-exp per query."""
+    if dropout_keep is None and _use_flash(q, dropout_p):
+        width = _kernel_width(q, v)
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            _pad_last(q, width), _pad_last(k, width), _pad_last(v, width), attn_mask=bias, scale=scale
+        )
+        return out[..., : v.shape[-1]], lse
+    acc = torch.promote_types(q.dtype, torch.float32)
+    logits = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale
+    if bias is not None:
+        logits = logits + bias.to(acc)
+    lse = torch.logsumexp(logits, dim=-1)
+    weights = torch.exp(logits - torch.where(torch.isfinite(lse), lse, 0.0)[..., None])
+    if dropout_keep is not None:
+        weights = weights * dropout_keep / (1.0 - dropout_p)
+    return torch.matmul(weights, v.to(acc)).to(v.dtype), lse
+
+
+def _block_backward(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    bias: torch.Tensor | None,
+    scale: float,
+    dropout_keep: torch.Tensor | None,
+    dropout_p: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of one set of blocks given the MERGED output and log-sum-exp (see the module docstring)."""
+    if dropout_keep is None and _use_flash(q, dropout_p):
+        width = _kernel_width(q, v)
+        grad_q, grad_k, grad_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            _pad_last(grad_out, width),
+            _pad_last(q, width),
+            _pad_last(k, width),
+            _pad_last(v, width),
+            _pad_last(out, width),
+            lse,
+            0.0,
+            False,
+            attn_mask=bias,
+            scale=scale,
+        )
+        return grad_q[..., : q.shape[-1]], grad_k[..., : k.shape[-1]], grad_v[..., : v.shape[-1]]
+    acc = torch.promote_types(q.dtype, torch.float32)
+    qf, kf, vf, gf = q.to(acc), k.to(acc), v.to(acc), grad_out.to(acc)
+    logits = torch.matmul(qf, kf.transpose(-1, -2)) * scale
+    if bias is not None:
+        logits = logits + bias.to(acc)
+    weights = torch.exp(logits - lse.to(acc)[..., None])
+    delta = (gf * out.to(acc)).sum(dim=-1, keepdim=True)
+    kept = weights if dropout_keep is None else weights * dropout_keep / (1.0 - dropout_p)
+    grad_v = torch.matmul(kept.transpose(-1, -2), gf)
+    grad_kept = torch.matmul(gf, vf.transpose(-1, -2))
+    if dropout_keep is not None:
+        grad_kept = grad_kept * dropout_keep / (1.0 - dropout_p)
+    grad_logits = weights * (grad_kept - delta)
+    grad_q = torch.matmul(grad_logits, kf) * scale
+    grad_k = torch.matmul(grad_logits.transpose(-1, -2), qf) * scale
+    return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype)
+
+
+def _dropout_keep(
+    shape: torch.Size, dropout_p: float, generator_state: torch.Tensor | None, device: torch.device
+) -> torch.Tensor | None:
+    """The dropout mask, regenerated bit for bit from a saved generator state in the backward."""
+    if dropout_p == 0.0 or generator_state is None:
+        return None
+    generator = torch.Generator(device=device)
+    generator.set_state(generator_state)
+    return (torch.rand(shape, generator=generator, device=device) >= dropout_p).float()
+
+
+class _LSHAttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        query_ids: torch.Tensor,
+        key_ids: torch.Tensor,
+        query_slot: torch.Tensor,
+        keep: torch.Tensor | None,
+        valid: torch.Tensor | None,
+        scale: float,
+        self_fallback: bool,
+        dropout_p: float,
+        generator_state: torch.Tensor | None,
+    ) -> torch.Tensor:
+        acc = torch.promote_types(q.dtype, torch.float32)
+        bias = _logit_bias(keep, q.dtype)
+        q_blocks = _gather_tokens(q, query_ids)
+        k_blocks = _gather_tokens(k, key_ids)
+        v_blocks = _gather_tokens(v, key_ids)
+        dropout_mask = _dropout_keep(
+            k_blocks.shape[:2] + (q_blocks.shape[2], k_blocks.shape[2]), dropout_p, generator_state, q.device
+        )
+        out_blocks, lse_blocks = _block_forward(q_blocks, k_blocks, v_blocks, bias, scale, dropout_mask, dropout_p)
+        lse_blocks = lse_blocks.to(acc)
+        if keep is not None:
+            # Kernels disagree on rows with no key in view (lse 0 or -inf): make it -inf.
+            has_key = keep.any(dim=-1).reshape(lse_blocks.shape)
+            lse_blocks = lse_blocks.masked_fill(~has_key, float("-inf"))
+
+        # Each token's row in each round; a token without a slot in a round reads lse -inf.
+        placed = query_slot < query_ids.numel() // query_ids.shape[0]
+        lse = _rows_of_tokens(lse_blocks, query_slot).masked_fill(~placed, float("-inf"))
+        per_round = _rows_of_tokens(out_blocks, query_slot).to(acc)
+        merged_lse = torch.logsumexp(lse, dim=1)
+        no_key = torch.isneginf(merged_lse)
+        safe_lse = merged_lse.masked_fill(no_key, 0.0)
+        weights = torch.exp(lse - safe_lse[:, None])
+        # Dividing by the weight sum (1 in exact arithmetic) keeps rows whose logits are all tiny exact.
+        total = weights.sum(dim=1).clamp(min=torch.finfo(acc).tiny)
+        out = (torch.einsum("grn,grnd->gnd", weights, per_round) / total[..., None]).to(v.dtype)
+        if self_fallback:
+            fallback = no_key if valid is None else no_key & valid
+            out = torch.where(fallback[..., None], v, out.masked_fill(no_key[..., None], 0.0))
+        else:
+            fallback = torch.zeros_like(no_key)
+            out = out.masked_fill(no_key[..., None], 0.0)
+
+        ctx.save_for_backward(q, k, v, query_ids, key_ids, query_slot, keep, out, safe_lse, no_key, fallback)
+        ctx.scale = scale
+        ctx.dropout_p = dropout_p
+        ctx.generator_state = generator_state
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        q, k, v, query_ids, key_ids, query_slot, keep, out, merged_lse, no_key, fallback = ctx.saved_tensors
+        seq_len = q.shape[1]
+        bias = _logit_bias(keep, q.dtype)
+        grad_attended = grad_out.masked_fill(no_key[..., None], 0.0).to(q.dtype)
+        q_blocks = _gather_tokens(q, query_ids)
+        k_blocks = _gather_tokens(k, key_ids)
+        v_blocks = _gather_tokens(v, key_ids)
+        # Empty query slots read token 0's gradient: zero it so they add nothing.
+        grad_blocks = _gather_tokens(grad_attended, query_ids)
+        grad_blocks = grad_blocks.masked_fill((query_ids >= seq_len).reshape(*grad_blocks.shape[:3], 1), 0.0)
+        out_blocks = _gather_tokens(out, query_ids)
+        lse_blocks = _gather_tokens(merged_lse[..., None], query_ids)[..., 0]
+        dropout_mask = _dropout_keep(
+            k_blocks.shape[:2] + (q_blocks.shape[2], k_blocks.shape[2]), ctx.dropout_p, ctx.generator_state, q.device
+        )
+        grad_q, grad_k, grad_v = _block_backward(
+            grad_blocks, q_blocks, k_blocks, v_blocks, out_blocks, lse_blocks, bias, ctx.scale, dropout_mask,
+            ctx.dropout_p,
+        )
+        # A token's query gradient is one row per round: gather and sum, no scatter needed.
+        placed = query_slot < query_ids.numel() // query_ids.shape[0]
+        grad_q = _rows_of_tokens(grad_q, query_slot).masked_fill(~placed[..., None], 0.0).sum(dim=1)
+        grad_k = _scatter_add_tokens(grad_k, key_ids, seq_len)
+        grad_v = _scatter_add_tokens(grad_v, key_ids, seq_len)
+        grad_v = grad_v + torch.where(fallback[..., None], grad_out, 0.0).to(grad_v.dtype)
+        return grad_q, grad_k, grad_v, None, None, None, None, None, None, None, None, None
+
+
+def _check_lsh_inputs(
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    v: torch.Tensor,
+    bucket_size: int,
+    n_hashes: int,
+    n_buckets: int | None,
+    shared_qk: bool,
+    key_padding_mask: torch.Tensor | None,
+    generator: torch.Generator | None,
+    dropout_p: float,
+) -> None:
+    for label, tensor in (("q", q), ("v", v)) + ((("k", k),) if k is not None else ()):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"lsh_attention expects {label} to be a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.dim() != 4:
+            raise ValueError(
+                f"lsh_attention expects {label} of shape (B, H, N, d) (4 dims), got {tuple(tensor.shape)}"
+            )
+        if not tensor.is_floating_point():
+            raise TypeError(f"lsh_attention expects floating-point {label}, got {tensor.dtype}")
+    batch, heads, seq_len, head_dim = q.shape
+    if seq_len < 1:
+        raise ValueError(f"lsh_attention expects N >= 1 tokens, got q of shape {tuple(q.shape)}")
+    if shared_qk:
+        if k is not None and k is not q:
+            raise ValueError(
+                "lsh_attention with shared_qk=True takes its keys from q (normalised): pass k=None or k=q"
+            )
+    elif k is None:
+        raise ValueError("lsh_attention needs k when shared_qk=False")
+    elif tuple(k.shape) != tuple(q.shape):
+        raise ValueError(
+            f"lsh_attention expects k of the same shape as q (B, H, N, d) = {tuple(q.shape)}, got {tuple(k.shape)}"
+        )
+    if tuple(v.shape[:3]) != (batch, heads, seq_len):
+        raise ValueError(
+            f"lsh_attention expects v of shape (B, H, N, dv) = ({batch}, {heads}, {seq_len}, dv), "
+            f"got {tuple(v.shape)}"
+        )
+    if v.dtype != q.dtype or (k is not None and k.dtype != q.dtype):
+        raise TypeError("lsh_attention expects q, k and v of one dtype")
+    for name, value in (("bucket_size", bucket_size), ("n_hashes", n_hashes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"lsh_attention expects {name} to be a positive int, got {value!r}")
+    if n_hashes > 127:
+        raise ValueError(f"lsh_attention supports at most 127 hash rounds, got n_hashes={n_hashes}")
+    if n_buckets is not None and (
+        isinstance(n_buckets, bool)
+        or not isinstance(n_buckets, int)
+        or n_buckets < 1
+        or (n_buckets > 1 and n_buckets % 2)
+    ):
+        raise ValueError(
+            f"lsh_attention expects n_buckets to be None, 1 or an even int >= 2 (angular hashing splits "
+            f"rotations into +/- halves), got {n_buckets!r}"
+        )
+    if key_padding_mask is not None:
+        if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
+            raise TypeError("lsh_attention expects key_padding_mask to be a bool tensor (True = padding)")
+        if tuple(key_padding_mask.shape) != (batch, seq_len):
+            raise ValueError(
+                f"lsh_attention expects key_padding_mask of shape (B, N) = ({batch}, {seq_len}), "
+                f"got {tuple(key_padding_mask.shape)}"
+            )
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"lsh_attention expects generator to be a torch.Generator, got {type(generator).__name__}")
+        if q.device.type != "meta" and torch.device(generator.device).type != q.device.type:
+            raise ValueError(
+                f"lsh_attention draws rotations on the inputs' device ({q.device}); "
+                f"the generator lives on {generator.device}"
+            )
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"lsh_attention expects 0 <= dropout_p < 1, got {dropout_p}")
+
+
+def lsh_attention(
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    v: torch.Tensor,
+    *,
+    bucket_size: int = 64,
+    n_hashes: int = 4,
+    n_buckets: int | None = None,
+    causal: bool = False,
+    shared_qk: bool = False,
+    key_padding_mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Angular-LSH attention with bucket sort (Reformer, Kitaev et al. 2020) for any sequence length.
+
+    Each of ``n_hashes`` rounds hashes tokens into ``n_buckets`` buckets with a random rotation, sorts them
+    by (bucket, position) and attends in blocks of ``bucket_size``. Rounds are merged by their
+    log-sum-exp, with a pair that several rounds put in view attended in the first such round only, so the
+    result is exact softmax attention over the union of keys the rounds put in view.
+
+    Which keys a query sees:
+
+    * ``causal=False``: tokens sorted by (bucket, position) per round (queries and keys separately unless
+      ``shared_qk``) and cut into blocks; query block g sees key blocks g and g - 1 of the same round,
+      cyclically; with one block, just that block. Buckets are not masked inside the view, as in Reformer.
+    * ``causal=True``: the keys of the query's own bucket at positions <= its own, the newest
+      ``bucket_size`` of them (bucket-aligned blocks, see :func:`chunkformer.ops.lsh.bucket_aligned_layout`).
+      The output at position i depends only on inputs at positions <= i, bit for bit, for every seed. A
+      query whose bucket holds no earlier key sees nothing and returns zeros (with ``shared_qk``, itself).
+
+    ``shared_qk=True`` is Reformer's shared-QK attention: keys are the unit-normalised queries, and a token
+    attends to itself only when it has nothing else to attend to (then it returns its own value).
+    ``shared_qk=False`` hashes q and k with the same rotations and sorts each: a query and the keys near it
+    in angle usually share a bucket but, since the two sorts are cut into blocks independently, a query's
+    block may not line up with all keys of its bucket; that is the approximation.
+
+    ``n_buckets`` defaults to :func:`chunkformer.ops.lsh.default_n_buckets`: about N / bucket_size,
+    rounded up to an even number, and 1 when N <= bucket_size. Hence with ``n_hashes=1`` and
+    ``bucket_size >= N`` the result is exact softmax attention (causal when ``causal``).
+
+    Padding: ``key_padding_mask`` marks tokens to ignore. They are hashed into a bucket of their own after
+    all real ones, never receive weight, and their outputs are zeros; internal padding up to a whole block
+    is handled the same way.
+
+    Randomness: rotations (and dropout) come from ``generator``, on the inputs' device; the global RNG is
+    neither read nor advanced. With ``generator=None`` a fixed seed is used, so calls are reproducible.
+
+    Args:
+        q: queries.
+        k: keys; must be None (or q itself) when ``shared_qk``.
+        v: values.
+        bucket_size: block length; each query sees at most 2 x bucket_size keys per round.
+        n_hashes: hash rounds; more rounds, better approximation, proportionally more work.
+        n_buckets: buckets per round (1, or even).
+        causal: strictly causal attention (see above).
+        shared_qk: Reformer's shared-QK attention.
+        key_padding_mask: True where a token is padding.
+        generator: source of the rotations and dropout masks.
+        dropout_p: dropout on the attention weights (pass 0 in evaluation).
+
+    Returns:
+        The attention output.
+
+    Shape:
+        - q, k: (B, H, N, d)
+        - v: (B, H, N, dv)
+        - key_padding_mask: (B, N)
+        - output: (B, H, N, dv)
+    """
+    _check_lsh_inputs(q, k, v, bucket_size, n_hashes, n_buckets, shared_qk, key_padding_mask, generator, dropout_p)
+    batch, heads, seq_len, head_dim = q.shape
+    if n_buckets is None:
+        n_buckets = default_n_buckets(seq_len, bucket_size)
+    if generator is None:
+        generator = torch.Generator(device=q.device if q.device.type != "meta" else "cpu")
+        generator.manual_seed(_DEFAULT_SEED)
+    keys = F.normalize(q, dim=-1) if shared_qk else k
+    assert keys is not None
+    groups = batch * heads
+    q_flat = q.reshape(groups, seq_len, head_dim)
+    k_flat = keys.reshape(groups, seq_len, head_dim)
+    v_flat = v.reshape(groups, seq_len, v.shape[-1])
+    if key_padding_mask is None:
+        valid = None
+    else:
+        valid = (~key_padding_mask).repeat_interleave(heads, dim=0)
+
+    with torch.no_grad():
+        rotations = random_rotations(head_dim, n_hashes, n_buckets, generator, q.device)
+        query_buckets = hash_buckets(q_flat, rotations, n_buckets)
+        key_buckets = query_buckets if shared_qk else hash_buckets(k_flat, rotations, n_buckets)
+        build = bucket_aligned_layout if causal else sorted_layout
+        layout = build(query_buckets, key_buckets, valid, bucket_size, n_buckets, shared_qk)
+        generator_state = generator.get_state() if dropout_p > 0.0 else None
+        if generator_state is not None:
+            # Advance the caller's generator past the dropout draws, as if they were taken from it.
+            pairs = layout.query_ids.numel() * layout.key_ids.shape[-1]
+            torch.rand(pairs, generator=generator, device=q.device)
+
+    scale = 1.0 / math.sqrt(head_dim)
+    out = _LSHAttentionFunction.apply(
+        q_flat,
+        k_flat,
+        v_flat,
+        layout.query_ids,
+        layout.key_ids,
+        layout.query_slot,
+        layout.keep,
+        valid,
+        scale,
+        shared_qk,
+        dropout_p,
+        generator_state,
+    )
+    return out.reshape(batch, heads, seq_len, v.shape[-1])

@@ -1,0 +1,406 @@
+"""Properties of the image LSH attention layer (SCT eq. 3): projections around ``lsh_attention``.
+
+The kernel itself is tested against a slow reference in ``tests/ops/test_lsh_attention.py``; here the layer
+is compared with the kernel called by hand (project, split heads, attend, merge, project), and its own
+contracts are checked: one sequence per image, frames independent, padding, where its randomness comes
+from (never the global RNG), and that the generator state survives a state-dict round trip.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chunkformer.layers import LSHAttention
+from chunkformer.ops import lsh_attention
+from tests.layers._strategies import (
+    SEEDS,
+    Heads,
+    assert_gradients_reach_all_parameters,
+    bad_heads,
+    bad_probabilities,
+    build,
+    gradcheck_module,
+    heads,
+    keep_global_rng,
+    one_thread,
+    randn,
+    randomize_,
+    shape_message,
+    wrong_channel_shapes,
+    wrong_rank_shapes,
+)
+
+# One intra-op thread for tiny tensors; incidental draws from the global RNG stay inside each test.
+pytestmark = pytest.mark.usefixtures(one_thread.__name__, keep_global_rng.__name__)
+
+LAYOUTS = r"\(B, N, C\) or \(B, H, W, C\) or \(B, T, H, W, C\)"
+
+
+@dataclass(frozen=True)
+class Case:
+    heads: Heads
+    shape: tuple[int, ...]  # (B, N, C), (B, H, W, C) or (B, T, H, W, C)
+    bucket_size: int
+    n_hashes: int
+    causal: bool
+    shared_qk: bool
+    qkv_bias: bool
+    seed: int
+
+    def module(self, rotation_seed: int | None = None, **overrides: object) -> LSHAttention:
+        kwargs: dict[str, object] = {
+            "bucket_size": self.bucket_size,
+            "n_hashes": self.n_hashes,
+            "causal": self.causal,
+            "shared_qk": self.shared_qk,
+            "qkv_bias": self.qkv_bias,
+            "seed": self.seed + 5 if rotation_seed is None else rotation_seed,
+        }
+        kwargs.update(overrides)
+        module = build(lambda: LSHAttention(self.heads.dim, self.heads.num_heads, **kwargs), self.seed)
+        # Default init has a zero qkv bias: give every parameter a value that matters.
+        randomize_(list(module.parameters()), self.seed + 3)
+        return module
+
+    def input(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return randn(self.shape, self.seed + 1, dtype=dtype)
+
+    def mask(self) -> torch.Tensor:
+        """Random padding, True = padding, of shape x.shape[:-1]."""
+        generator = torch.Generator().manual_seed(self.seed + 2)
+        return torch.rand(self.shape[:-1], generator=generator) < 0.3
+
+
+@st.composite
+def cases(
+    draw: st.DrawFn,
+    rank: int | None = None,
+    causal: bool | None = None,
+    shared_qk: bool | None = None,
+    min_tokens: int = 1,
+) -> Case:
+    spec = draw(heads())
+    rank = draw(st.sampled_from([3, 4, 5])) if rank is None else rank
+    batch = draw(st.integers(1, 2))
+    if rank == 3:
+        spatial: tuple[int, ...] = (draw(st.integers(min_tokens, 40)),)
+    else:
+        side = max(1, int(min_tokens**0.5) + 1) if min_tokens > 1 else 1
+        spatial = (draw(st.integers(side, 6)), draw(st.integers(side, 6)))
+        if rank == 5:
+            spatial = (draw(st.integers(1, 3)), *spatial)
+    return Case(
+        heads=spec,
+        shape=(batch, *spatial, spec.dim),
+        bucket_size=draw(st.integers(2, 8)),
+        n_hashes=draw(st.integers(1, 3)),
+        causal=draw(st.booleans()) if causal is None else causal,
+        shared_qk=draw(st.booleans()) if shared_qk is None else shared_qk,
+        qkv_bias=draw(st.booleans()),
+        seed=draw(SEEDS),
+    )
+
+
+def by_hand(module: LSHAttention, x: torch.Tensor, mask: torch.Tensor | None, seed: int) -> torch.Tensor:
+    """The layer written out around the kernel: one sequence per image (row-major), rotations from
+    ``seed``."""
+    dim, heads = module.dim, module.num_heads
+    tokens = x.reshape(x.shape[0], -1, dim) if x.dim() == 3 else x.reshape(-1, x.shape[-3] * x.shape[-2], dim)
+    batch, seq_len, _ = tokens.shape
+    weight = module.qkv.weight
+    bias = module.qkv.bias
+    if bias is None:
+        bias = torch.zeros(weight.shape[0], dtype=weight.dtype)
+    projected = tokens @ weight.T + bias
+
+    def split(part: torch.Tensor) -> torch.Tensor:
+        return part.reshape(batch, seq_len, heads, dim // heads).transpose(1, 2)
+
+    q, v = split(projected[..., :dim]), split(projected[..., -dim:])
+    k = None if module.shared_qk else split(projected[..., dim : 2 * dim])
+    out = lsh_attention(
+        q,
+        k,
+        v,
+        bucket_size=module.bucket_size,
+        n_hashes=module.n_hashes,
+        causal=module.causal,
+        shared_qk=module.shared_qk,
+        key_padding_mask=None if mask is None else mask.reshape(batch, seq_len),
+        generator=torch.Generator().manual_seed(seed),
+    )
+    merged = out.transpose(1, 2).reshape(batch, seq_len, dim)
+    return (merged @ module.proj.weight.T + module.proj.bias).reshape(x.shape)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Forward semantics
+# ----------------------------------------------------------------------------------------------------
+
+
+@given(case=cases(), padded=st.booleans())
+def test_eval_matches_the_kernel_called_by_hand(case: Case, padded: bool) -> None:
+    module = case.module().double().eval()
+    x = case.input(torch.float64)
+    mask = case.mask() if padded else None
+    with torch.no_grad():
+        out = module(x, key_padding_mask=mask)
+        want = by_hand(module, x, mask, module.seed)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, want, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("shared_qk", [False, True], ids=["separate", "shared"])
+def test_qkv_projection_width(shared_qk: bool) -> None:
+    module = LSHAttention(12, 3, bucket_size=4, shared_qk=shared_qk, seed=0)
+    width = 2 * 12 if shared_qk else 3 * 12
+    assert module.qkv.in_features == 12 and module.qkv.out_features == width
+    assert tuple(module.qkv.weight.shape) == (width, 12)
+    assert module.proj.in_features == module.proj.out_features == 12
+
+
+@given(case=cases(rank=5))
+def test_frames_are_independent(case: Case) -> None:
+    module = case.module().eval()
+    x = case.input()
+    with torch.no_grad():
+        out = module(x)
+        t = case.seed % case.shape[1]
+        changed = x.clone()
+        changed[:, t] = randn(changed[:, t].shape, case.seed + 9) * 2
+        delta = (module(changed) - out).abs().amax(dim=(0, 2, 3, 4))
+        # Each frame alone is the same sequence.
+        for frame in range(case.shape[1]):
+            torch.testing.assert_close(module(x[:, frame]), out[:, frame], atol=1e-5, rtol=1e-5)
+    others = torch.arange(case.shape[1]) != t
+    assert (delta[others] == 0).all(), "changing one frame changed another frame's outputs"
+    assert delta[t] > 0, "changing a frame did not change its own outputs"
+
+
+@given(case=cases(rank=4))
+def test_an_image_is_one_sequence_in_row_major_order(case: Case) -> None:
+    module = case.module().eval()
+    x = case.input()
+    batch, height, width, dim = x.shape
+    with torch.no_grad():
+        as_image = module(x)
+        as_sequence = module(x.reshape(batch, height * width, dim))
+    torch.testing.assert_close(
+        as_image.reshape(batch, height * width, dim), as_sequence, atol=1e-6, rtol=1e-6
+    )
+
+
+@given(case=cases())
+def test_padded_tokens_do_not_affect_real_ones(case: Case) -> None:
+    module = case.module().eval()
+    x, mask = case.input(), case.mask()
+    changed = torch.where(mask[..., None], randn(x.shape, case.seed + 9) * 10, x)
+    with torch.no_grad():
+        out, again = module(x, key_padding_mask=mask), module(changed, key_padding_mask=mask)
+    real = ~mask
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[real], again[real], atol=0, rtol=0)
+    # A padded token's attention output is zeros: after the output projection, only the bias is left.
+    torch.testing.assert_close(out[mask], module.proj.bias.detach().expand_as(out[mask]), atol=1e-6, rtol=0)
+
+
+@given(case=cases(), data=st.data())
+def test_mask_of_wrong_shape_raises(case: Case, data: st.DataObject) -> None:
+    module = case.module()
+    x = case.input()
+    good = tuple(x.shape[:-1])
+    bad = data.draw(
+        st.lists(st.integers(1, 7), min_size=1, max_size=5).map(tuple).filter(lambda s: s != good),
+        label="bad",
+    )
+    message = rf"key_padding_mask .*{shape_message(good)}.*got {shape_message(bad)}"
+    with pytest.raises(ValueError, match=message):
+        module(x, key_padding_mask=torch.zeros(bad, dtype=torch.bool))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Randomness
+# ----------------------------------------------------------------------------------------------------
+
+
+@st.composite
+def hashed_cases(draw: st.DrawFn) -> Case:
+    """Enough tokens for several buckets, so that the rotations matter."""
+    case = draw(cases(rank=draw(st.sampled_from([3, 4])), min_tokens=24))
+    return Case(**{**case.__dict__, "bucket_size": draw(st.integers(2, 4))})
+
+
+@given(case=hashed_cases(), attn_drop=st.sampled_from([0.0, 0.2]))
+def test_training_draws_fresh_rotations_without_the_global_rng(case: Case, attn_drop: float) -> None:
+    module = case.module(attn_drop=attn_drop).train()
+    x = case.input()
+    before = torch.get_rng_state()
+    with torch.no_grad():
+        first, second = module(x), module(x)
+    assert torch.equal(torch.get_rng_state(), before), "a training forward touched the global RNG"
+    assert not torch.equal(first, second), "two training calls used the same rotations"
+    # A twin built with the same seed and weights replays the same sequence of rotations.
+    twin = case.module(attn_drop=attn_drop).train()
+    with torch.no_grad():
+        assert torch.equal(twin(x), first) and torch.equal(twin(x), second)
+
+
+@given(case=hashed_cases())
+def test_eval_is_reproducible_and_uses_the_seed(case: Case) -> None:
+    module = case.module().eval()
+    twin = case.module().eval()
+    other_seed = case.module(rotation_seed=case.seed + 6).eval()
+    x = case.input()
+    before = torch.get_rng_state()
+    with torch.no_grad():
+        out = module(x)
+        assert torch.equal(module(x), out)
+        assert torch.equal(twin(x), out)
+        # Training calls in between do not change what evaluation computes.
+        module.train()(x)
+        assert torch.equal(module.eval()(x), out)
+        differs = not torch.equal(other_seed(x), out)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert differs, "a module with another seed produced the same output"
+
+
+@given(case=hashed_cases(), warmup=st.integers(0, 2), attn_drop=st.sampled_from([0.0, 0.3]))
+def test_state_dict_round_trip_restores_the_generator(case: Case, warmup: int, attn_drop: float) -> None:
+    module = case.module(attn_drop=attn_drop).train()
+    x = case.input()
+    with torch.no_grad():
+        for _ in range(warmup):
+            module(x)
+        state = copy.deepcopy(module.state_dict())
+        expected = module(x)
+        fresh = case.module(rotation_seed=case.seed + 11, attn_drop=attn_drop)
+        randomize_(list(fresh.parameters()), case.seed + 12)
+        fresh.load_state_dict(state)
+        fresh.train()
+        assert fresh.seed == module.seed
+        torch.testing.assert_close(fresh(x), expected, atol=0, rtol=0)
+        # And evaluation, which depends on the seed only, agrees too.
+        torch.testing.assert_close(fresh.eval()(x), module.eval()(x), atol=0, rtol=0)
+
+
+def test_seed_none_draws_from_the_global_rng_at_construction() -> None:
+    torch.manual_seed(123)
+    first = LSHAttention(8, 2, bucket_size=4)
+    torch.manual_seed(123)
+    second = LSHAttention(8, 2, bucket_size=4)
+    assert first.seed == second.seed
+    torch.manual_seed(124)
+    assert LSHAttention(8, 2, bucket_size=4).seed != first.seed
+
+
+# ----------------------------------------------------------------------------------------------------
+# Errors
+# ----------------------------------------------------------------------------------------------------
+
+
+@given(spec=bad_heads())
+def test_dim_not_divisible_by_heads_raises(spec: Heads) -> None:
+    with pytest.raises(ValueError, match=rf"LSHAttention: dim \({spec.dim}\) must be divisible by num_heads"):
+        LSHAttention(spec.dim, spec.num_heads, seed=0)
+
+
+@given(value=st.integers(-3, 0), which=st.sampled_from(["bucket_size", "n_hashes"]))
+def test_non_positive_sizes_raise(value: int, which: str) -> None:
+    with pytest.raises(ValueError, match=rf"LSHAttention: {which} must be a positive int, got {value}"):
+        LSHAttention(8, 2, seed=0, **{which: value})
+
+
+@given(p=bad_probabilities(), which=st.sampled_from(["attn_drop", "proj_drop"]))
+def test_bad_dropout_raises(p: float, which: str) -> None:
+    with pytest.raises(ValueError, match=rf"LSHAttention: {which} must be a float in \[0, 1\)"):
+        LSHAttention(8, 2, seed=0, **{which: p})
+
+
+@given(shape=wrong_rank_shapes(ranks=[3, 4, 5], channels=8))
+def test_wrong_rank_raises(shape: tuple[int, ...]) -> None:
+    message = rf"LSHAttention expects input of shape {LAYOUTS}, got {shape_message(shape)}"
+    with pytest.raises(ValueError, match=message):
+        LSHAttention(8, 2, bucket_size=2, seed=0)(torch.zeros(shape))
+
+
+@given(data=st.data(), rank=st.sampled_from([3, 4, 5]))
+def test_wrong_channels_raises(data: st.DataObject, rank: int) -> None:
+    shape = data.draw(wrong_channel_shapes(rank=rank, channels=8))
+    with pytest.raises(ValueError, match=rf"with C=8, got {shape_message(shape)}"):
+        LSHAttention(8, 2, bucket_size=2, seed=0)(torch.zeros(shape))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Gradients, meta device, compile
+# ----------------------------------------------------------------------------------------------------
+
+
+@given(case=cases(), padded=st.booleans())
+def test_gradient_reaches_every_parameter(case: Case, padded: bool) -> None:
+    case = Case(**{**case.__dict__, "qkv_bias": True})
+    module = case.module().train()
+    x = case.input().requires_grad_(True)
+    mask = case.mask() if padded else None
+    if mask is not None:
+        mask.view(-1)[0] = False  # at least one real token
+        mask.view(-1)[-1] = False
+    out = module(x, key_padding_mask=mask)
+    assert_gradients_reach_all_parameters(module, out, case.seed + 4)
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["noncausal", "causal"])
+@pytest.mark.parametrize("shared_qk", [False, True], ids=["separate", "shared"])
+@settings(max_examples=2)
+@given(seed=SEEDS)
+def test_gradcheck_float64(causal: bool, shared_qk: bool, seed: int) -> None:
+    # Evaluation mode: fixed rotations, so the function gradcheck differentiates is deterministic.
+    module = build(
+        lambda: LSHAttention(
+            4, 2, bucket_size=2, n_hashes=2, causal=causal, shared_qk=shared_qk, qkv_bias=True, seed=seed
+        ),
+        seed,
+    ).eval()
+    gradcheck_module(module, [randn((1, 7, 4), seed + 1, dtype=torch.float64)], eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 8), (2, 5, 3, 8), (2, 2, 4, 3, 8)])
+def test_runs_on_meta_device(shape: tuple[int, ...]) -> None:
+    with torch.device("meta"):
+        module = LSHAttention(8, 2, bucket_size=4, n_hashes=2, seed=0)
+        out = module(torch.empty(shape))
+        padded = module(torch.empty(shape), key_padding_mask=torch.zeros(shape[:-1], dtype=torch.bool))
+    assert out.device.type == "meta" and padded.device.type == "meta"
+    assert out.shape == padded.shape == shape
+
+
+def test_builds_and_runs_on_meta_device_without_a_seed() -> None:
+    # Deferred initialisation builds whole models under torch.device("meta"); seed=None must work there too.
+    with torch.device("meta"):
+        module = LSHAttention(8, 2, bucket_size=4, n_hashes=2)
+        out = module(torch.empty(2, 9, 8))
+    assert isinstance(module.seed, int)
+    assert out.device.type == "meta" and out.shape == (2, 9, 8)
+
+
+@pytest.mark.parametrize("shared_qk", [False, True], ids=["separate", "shared"])
+def test_compiled_eval_matches_eager(shared_qk: bool) -> None:
+    torch._dynamo.reset()
+    module = build(lambda: LSHAttention(8, 2, bucket_size=4, n_hashes=2, shared_qk=shared_qk, seed=3), 0)
+    module.eval()
+    compiled = torch.compile(module, fullgraph=False, backend="aot_eager")
+    # One shape only: a second one recompiles with dynamic shapes, which costs tens of seconds on CPU.
+    x = randn((2, 13, 8), 1)
+    mask = torch.rand(2, 13, generator=torch.Generator().manual_seed(2)) < 0.2
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), module(x), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(
+            compiled(x, key_padding_mask=mask), module(x, key_padding_mask=mask), atol=1e-6, rtol=1e-6
+        )

@@ -1,0 +1,835 @@
+"""Property tests for :func:`chunkformer.ops.lsh_attention` (Reformer-style angular-LSH attention).
+
+The package's vectorised kernel is compared against an independent, deliberately slow reference written here
+with plain Python loops over hash rounds, buckets and blocks: it decides which keys every query sees (the
+union over rounds), then runs dense float64 softmax attention restricted to that union. Nothing from
+``chunkformer.ops.lsh`` or ``chunkformer.ops.lsh_attention`` is imported by the reference; it redraws the
+rotations from a generator built from the same seed.
+
+Random tensors come from drawn seeds through a private ``torch.Generator``; the global RNG is left alone
+(and some tests check that the kernel leaves it alone too).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from chunkformer.ops import attention, default_n_buckets, lsh_attention
+
+SEEDS = st.integers(0, 2**31 - 1)
+
+# The reference and the kernel hash in float32; a token whose best and second-best rotated coordinate are
+# closer than this may legitimately land in another bucket, so such draws are discarded.
+HASH_MARGIN = 1e-4
+
+
+@pytest.fixture(autouse=True)
+def keep_global_rng() -> Iterator[None]:
+    """Every test runs on a private copy of the global RNG, restored afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        yield
+
+
+def randn(
+    shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    # Draw in float32 and cast, so a case differs between dtypes only by rounding.
+    return torch.randn(shape, generator=generator, dtype=torch.float32).to(dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cases
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LSHCase:
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    mask: torch.Tensor | None  # (B, N) bool, True = padding
+    bucket_size: int
+    n_hashes: int
+    n_buckets: int | None
+    causal: bool
+    shared_qk: bool
+    seed: int  # of the rotations
+    dropout_p: float = 0.0
+
+    def __repr__(self) -> str:
+        # Tensors are printed by shape only; the case is reproducible from hypothesis' seed.
+        mask = None if self.mask is None else f"{int(self.mask.sum())} padded of {tuple(self.mask.shape)}"
+        return (
+            f"LSHCase(q={tuple(self.q.shape)}, v={tuple(self.v.shape)}, dtype={self.q.dtype}, mask={mask}, "
+            f"bucket_size={self.bucket_size}, n_hashes={self.n_hashes}, n_buckets={self.n_buckets}, "
+            f"causal={self.causal}, shared_qk={self.shared_qk}, seed={self.seed}, dropout_p={self.dropout_p})"
+        )
+
+    def _repr_pretty_(self, printer: object, cycle: bool) -> None:
+        printer.text(repr(self))  # type: ignore[attr-defined]
+
+    @property
+    def seq_len(self) -> int:
+        return self.q.shape[2]
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed)
+
+    def keys(self) -> torch.Tensor:
+        return F.normalize(self.q, dim=-1) if self.shared_qk else self.k
+
+    def real(self) -> torch.Tensor:
+        """(B, N) bool: True for real tokens."""
+        if self.mask is None:
+            return torch.ones(self.q.shape[0], self.seq_len, dtype=torch.bool)
+        return ~self.mask
+
+    def run(
+        self,
+        q: torch.Tensor | None = None,
+        k: torch.Tensor | None = None,
+        v: torch.Tensor | None = None,
+        generator: torch.Generator | None | str = "case",
+        **overrides: object,
+    ) -> torch.Tensor:
+        q = self.q if q is None else q
+        k = self.k if k is None else k
+        v = self.v if v is None else v
+        kwargs: dict[str, object] = {
+            "bucket_size": self.bucket_size,
+            "n_hashes": self.n_hashes,
+            "n_buckets": self.n_buckets,
+            "causal": self.causal,
+            "shared_qk": self.shared_qk,
+            "key_padding_mask": self.mask,
+            "dropout_p": self.dropout_p,
+        }
+        kwargs.update(overrides)
+        return lsh_attention(
+            q,
+            None if self.shared_qk else k,
+            v,
+            # "case": a fresh generator at the case's seed; None: the kernel's default.
+            generator=self.generator() if generator == "case" else generator,  # type: ignore[arg-type]
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def cast(self, dtype: torch.dtype) -> LSHCase:
+        return replace(self, q=self.q.to(dtype), k=self.k.to(dtype), v=self.v.to(dtype))
+
+
+@st.composite
+def padding_masks(draw: st.DrawFn, batch: int, seq_len: int) -> torch.Tensor | None:
+    """No mask, a random mask, trailing padding, or a mask with one batch element all padding."""
+    kind = draw(st.sampled_from(["none", "random", "trailing", "all_padding"]))
+    if kind == "none":
+        return None
+    g = torch.Generator().manual_seed(draw(SEEDS))
+    if kind == "random":
+        return torch.rand(batch, seq_len, generator=g) < draw(st.sampled_from([0.1, 0.3, 0.6]))
+    mask = torch.zeros(batch, seq_len, dtype=torch.bool)
+    if kind == "trailing":
+        for b in range(batch):
+            mask[b, seq_len - draw(st.integers(0, seq_len)) :] = True
+        return mask
+    mask = torch.rand(batch, seq_len, generator=g) < 0.2
+    mask[draw(st.integers(0, batch - 1))] = True
+    return mask
+
+
+@st.composite
+def lsh_cases(
+    draw: st.DrawFn,
+    min_len: int = 1,
+    max_len: int = 300,
+    max_batch: int = 2,
+    bucket_sizes: st.SearchStrategy[int] = st.integers(2, 16),
+    n_hashes: st.SearchStrategy[int] = st.integers(1, 4),
+    n_buckets: st.SearchStrategy[int | None] = st.sampled_from([None, None, 1, 2, 4, 6, 8, 16]),
+    causal: bool | None = None,
+    shared_qk: bool | None = None,
+    masks: bool = True,
+    dtype: torch.dtype = torch.float64,
+) -> LSHCase:
+    # Short sequences half the time (a few blocks, often one), else up to a few hundred tokens; lengths are
+    # drawn freely so most are not multiples of the bucket size.
+    if draw(st.booleans(), label="short"):
+        seq_len = draw(st.integers(min_len, max(min_len, min(40, max_len))))
+    else:
+        seq_len = draw(st.integers(max(min_len, min(41, max_len)), max_len))
+    batch, heads = draw(st.integers(1, max_batch)), draw(st.integers(1, 2))
+    # Odd widths included: kernels vectorise over the head axis and odd widths take their tail paths.
+    head_dim = draw(st.sampled_from([2, 3, 4, 5, 8]))
+    value_dim = draw(st.one_of(st.just(head_dim), st.integers(1, 7)))
+    g = torch.Generator().manual_seed(draw(SEEDS))
+    return LSHCase(
+        q=randn((batch, heads, seq_len, head_dim), g, dtype),
+        k=randn((batch, heads, seq_len, head_dim), g, dtype),
+        v=randn((batch, heads, seq_len, value_dim), g, dtype),
+        mask=draw(padding_masks(batch, seq_len)) if masks else None,
+        bucket_size=draw(bucket_sizes),
+        n_hashes=draw(n_hashes),
+        n_buckets=draw(n_buckets),
+        causal=draw(st.booleans()) if causal is None else causal,
+        shared_qk=draw(st.booleans()) if shared_qk is None else shared_qk,
+        seed=draw(SEEDS),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Independent slow reference
+# ----------------------------------------------------------------------------------------------------------
+
+
+def reference_n_buckets(seq_len: int, bucket_size: int) -> int:
+    return 1 if seq_len <= bucket_size else 2 * math.ceil(seq_len / (2 * bucket_size))
+
+
+def reference_rotations(head_dim: int, n_hashes: int, n_buckets: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(head_dim, n_hashes, max(n_buckets // 2, 1), generator=generator, dtype=torch.float32)
+
+
+def reference_hash(x: torch.Tensor, rotation: torch.Tensor, n_buckets: int) -> tuple[list[int], list[float]]:
+    """Bucket of every row of x (N, d) for one round's rotation (d, n_buckets // 2), and its margin.
+
+    The margin is the gap between the best and second-best entry of [x R, -x R], computed in float64 from
+    the float32 values: the kernel's float32 arithmetic can only disagree where it is tiny.
+    """
+    if n_buckets == 1:
+        return [0] * x.shape[0], [math.inf] * x.shape[0]
+    projected = x.float().double() @ rotation.double()
+    both = torch.cat([projected, -projected], dim=-1)
+    top2 = both.topk(2, dim=-1).values
+    return both.argmax(dim=-1).tolist(), (top2[:, 0] - top2[:, 1]).tolist()
+
+
+def reference_views(case: LSHCase, batch: int, head: int) -> tuple[np.ndarray, float]:
+    """Which keys each query sees, as an (N, N) bool matrix (the union over rounds), and the smallest hash
+    margin of a real token (see :func:`reference_hash`)."""
+    seq_len, bucket_size = case.seq_len, case.bucket_size
+    n_buckets = reference_n_buckets(seq_len, bucket_size) if case.n_buckets is None else case.n_buckets
+    rotations = reference_rotations(case.q.shape[-1], case.n_hashes, n_buckets, case.seed)
+    real = case.real()[batch].tolist()
+    q, k = case.q[batch, head], case.k[batch, head]
+    seen = np.zeros((seq_len, seq_len), dtype=bool)
+    margin = math.inf
+    for r in range(case.n_hashes):
+        query_buckets, query_margin = reference_hash(q, rotations[:, r], n_buckets)
+        if case.shared_qk:
+            key_buckets, key_margin = query_buckets, query_margin
+        else:
+            key_buckets, key_margin = reference_hash(k, rotations[:, r], n_buckets)
+        margin = min([margin] + [m for m, ok in zip(query_margin + key_margin, real + real) if ok])
+
+        if case.causal:
+            members: dict[int, list[int]] = {b: [] for b in range(n_buckets)}
+            for j in range(seq_len):
+                if real[j]:
+                    members[key_buckets[j]].append(j)
+            for i in range(seq_len):
+                if not real[i]:
+                    continue
+                bucket_keys = members[query_buckets[i]]
+                newest = bisect.bisect_right(bucket_keys, i) - 1
+                for rank in range(max(0, newest - bucket_size + 1), newest + 1):
+                    seen[i, bucket_keys[rank]] = True
+            continue
+
+        n_blocks = max(1, math.ceil(seq_len / bucket_size))
+        padded_len = n_blocks * bucket_size
+
+        def sort_order(buckets: list[int]) -> list[int]:
+            # Padding and fill tokens go to bucket n_buckets, after every real bucket.
+            keyed = [
+                (buckets[i] if i < seq_len and real[i] else n_buckets, i) for i in range(padded_len)
+            ]
+            return [i for _, i in sorted(keyed)]
+
+        query_order = sort_order(query_buckets)
+        key_order = query_order if case.shared_qk else sort_order(key_buckets)
+        for block in range(n_blocks):
+            queries = [i for i in query_order[block * bucket_size : (block + 1) * bucket_size] if i < seq_len]
+            key_blocks = {block, (block - 1) % n_blocks} if n_blocks > 1 else {0}
+            keys = [
+                j
+                for key_block in sorted(key_blocks)
+                for j in key_order[key_block * bucket_size : (key_block + 1) * bucket_size]
+                if j < seq_len and real[j]
+            ]
+            for i in queries:
+                if real[i]:
+                    seen[i, keys] = True
+    if case.shared_qk:
+        np.fill_diagonal(seen, False)
+    return seen, margin
+
+
+def masked_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    seen: torch.Tensor,
+    fallback: torch.Tensor,
+) -> torch.Tensor:
+    """Dense float64 softmax attention of one head restricted to ``seen`` (N, N); an empty row returns its
+    ``fallback`` row. Differentiable."""
+    scale = q.shape[-1] ** -0.5
+    logits = (q @ k.T) * scale
+    has_key = seen.any(dim=-1)
+    logits = torch.where(seen, logits, -math.inf)
+    logits = torch.where(has_key[:, None], logits, 0.0)
+    weights = torch.softmax(logits, dim=-1) * seen
+    return torch.where(has_key[:, None], weights @ v, fallback)
+
+
+def reference_lsh(case: LSHCase, q: torch.Tensor | None = None, v: torch.Tensor | None = None,
+                  k: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """The reference output in float64 (differentiable in q, k, v) and the smallest hash margin."""
+    q = case.q.double() if q is None else q
+    k = case.k.double() if k is None else k
+    v = case.v.double() if v is None else v
+    keys = F.normalize(q, dim=-1) if case.shared_qk else k
+    real = case.real()
+    rows = []
+    margin = math.inf
+    for b in range(q.shape[0]):
+        heads = []
+        for h in range(q.shape[1]):
+            seen, head_margin = reference_views(case, b, h)
+            margin = min(margin, head_margin)
+            # An isolated real token returns its own value under shared QK, zeros otherwise; padding zeros.
+            fallback = v[b, h] * (real[b][:, None] & case.shared_qk)
+            heads.append(masked_attention(q[b, h], keys[b, h], v[b, h], torch.from_numpy(seen), fallback))
+        rows.append(torch.stack(heads))
+    return torch.stack(rows), margin
+
+
+def exact_attention(case: LSHCase) -> torch.Tensor:
+    """What LSH attention reduces to when every query sees every allowed key, via the package's math kernel.
+
+    Causal: lower-triangular. Shared QK: keys normalised, the diagonal excluded, and a real row left with no
+    key returns its own value. Padding: padded keys excluded, padded rows zeros.
+    """
+    batch, _, seq_len, _ = case.q.shape
+    real = case.real()
+    allowed = real[:, None, None, :].expand(batch, 1, seq_len, seq_len).clone()
+    if case.causal:
+        allowed &= torch.ones(seq_len, seq_len, dtype=torch.bool).tril()
+    if case.shared_qk:
+        allowed &= ~torch.eye(seq_len, dtype=torch.bool)
+    out = attention(case.q, case.keys(), case.v, attn_mask=allowed, backend="math")
+    empty = ~allowed.any(dim=-1, keepdim=True)  # (B, 1, N, 1)
+    if case.shared_qk:
+        out = torch.where(empty & real[:, None, :, None], case.v, out)
+    return out.masked_fill(~real[:, None, :, None], 0.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 1. Fast path == slow reference
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_default_n_buckets_formula() -> None:
+    for seq_len in range(1, 200):
+        for bucket_size in (1, 2, 3, 7, 16, 64):
+            assert default_n_buckets(seq_len, bucket_size) == reference_n_buckets(seq_len, bucket_size)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["noncausal", "causal"])
+@pytest.mark.parametrize("shared_qk", [False, True], ids=["separate", "shared"])
+@settings(max_examples=max(40, settings.default.max_examples))
+@given(data=st.data())
+def test_matches_slow_reference(causal: bool, shared_qk: bool, data: st.DataObject) -> None:
+    case = data.draw(lsh_cases(causal=causal, shared_qk=shared_qk), label="case")
+    q, k, v = (t.clone().requires_grad_(True) for t in (case.q, case.k, case.v))
+    out = case.run(q, k, v)
+    want, margin = reference_lsh(case, q, v, k)
+    assume(margin > HASH_MARGIN)
+    assert out.shape == case.v.shape and out.dtype == torch.float64
+    torch.testing.assert_close(out, want, atol=1e-9, rtol=1e-9)
+
+    # Same seen sets, so the same gradients (hashing is piecewise constant).
+    grad_out = randn(tuple(out.shape), torch.Generator().manual_seed(case.seed + 1))
+    got = torch.autograd.grad((out * grad_out).sum(), (q, k, v), allow_unused=True, materialize_grads=True)
+    expected = torch.autograd.grad(
+        (want * grad_out).sum(), (q, k, v), allow_unused=True, materialize_grads=True
+    )
+    for name, g_got, g_want in zip("qkv", got, expected, strict=True):
+        torch.testing.assert_close(g_got, g_want, atol=1e-8, rtol=1e-8, msg=lambda m, n=name: f"d{n}: {m}")
+
+
+@given(case=lsh_cases(max_len=120))
+def test_explicit_default_n_buckets_is_the_default(case: LSHCase) -> None:
+    explicit = reference_n_buckets(case.seq_len, case.bucket_size)
+    assert torch.equal(case.run(n_buckets=None), case.run(n_buckets=explicit))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2. Exact limit and padding
+# ----------------------------------------------------------------------------------------------------------
+
+
+@st.composite
+def one_block_cases(draw: st.DrawFn, n_hashes: st.SearchStrategy[int] = st.integers(1, 3)) -> LSHCase:
+    """bucket_size >= N with the default n_buckets (one bucket, one block): LSH attention is exact."""
+    case = draw(lsh_cases(max_len=40, n_buckets=st.just(None), n_hashes=n_hashes))
+    bucket_size = case.seq_len + draw(st.integers(0, 5))
+    return replace(case, bucket_size=bucket_size)
+
+
+@given(case=one_block_cases(n_hashes=st.just(1)))
+def test_one_round_one_block_is_exact_attention(case: LSHCase) -> None:
+    torch.testing.assert_close(case.run(), exact_attention(case), atol=1e-10, rtol=1e-10)
+
+
+@given(case=one_block_cases())
+def test_one_block_is_exact_for_any_number_of_rounds(case: LSHCase) -> None:
+    # Every round sees everything; the union counts each key once, so extra rounds change nothing.
+    torch.testing.assert_close(case.run(), exact_attention(case), atol=1e-10, rtol=1e-10)
+
+
+def test_exact_for_every_short_length() -> None:
+    g = torch.Generator().manual_seed(0)
+    for seq_len in range(1, 33):
+        for causal in (False, True):
+            for shared_qk in (False, True):
+                q, k, v = (randn((1, 2, seq_len, 4), g) for _ in range(3))
+                case = LSHCase(q, k, v, None, 32, 1, None, causal, shared_qk, seed=seq_len)
+                torch.testing.assert_close(case.run(), exact_attention(case), atol=1e-10, rtol=1e-10)
+
+
+@given(case=one_block_cases(n_hashes=st.just(1)))
+def test_removing_padding_changes_nothing_at_real_positions(case: LSHCase) -> None:
+    assume(case.mask is not None)
+    out = case.run()
+    assert case.mask is not None
+    for b in range(case.q.shape[0]):
+        real = ~case.mask[b]
+        assert (out[b][:, ~real] == 0).all(), "a padded position has a non-zero output"
+        if not real.any():
+            continue
+        alone = replace(
+            case,
+            q=case.q[b : b + 1, :, real],
+            k=case.k[b : b + 1, :, real],
+            v=case.v[b : b + 1, :, real],
+            mask=None,
+        )
+        torch.testing.assert_close(out[b : b + 1][:, :, real], alone.run(), atol=1e-10, rtol=1e-10)
+
+
+@given(case=lsh_cases(max_len=200), data=st.data())
+def test_padded_tokens_never_receive_weight(case: LSHCase, data: st.DataObject) -> None:
+    mask = case.mask if case.mask is not None else data.draw(padding_masks(case.q.shape[0], case.seq_len))
+    assume(mask is not None and mask.any())
+    case = replace(case, mask=mask)
+    out = case.run()
+    padded = mask[:, None, :, None]
+    g = torch.Generator().manual_seed(case.seed + 7)
+    q, k, v = (torch.where(padded, 100 * randn(tuple(t.shape), g), t) for t in (case.q, case.k, case.v))
+    again = case.run(q, k, v)
+    assert torch.isfinite(out).all()
+    assert (out.masked_select(padded.expand_as(out)) == 0).all(), "a padded position has a non-zero output"
+    assert torch.equal(out, again), "changing the padded tokens changed an output"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3. Strict causality
+# ----------------------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=max(40, settings.default.max_examples))
+@given(
+    case=lsh_cases(
+        min_len=100,
+        max_len=400,
+        bucket_sizes=st.integers(2, 8),
+        n_buckets=st.sampled_from([4, 6, 8, 12, 16]),
+        causal=True,
+    ),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    data=st.data(),
+)
+def test_causal_output_ignores_the_future_bit_for_bit(
+    case: LSHCase, dtype: torch.dtype, data: st.DataObject
+) -> None:
+    case = case.cast(dtype)
+    seq_len = case.seq_len
+    out = case.run()
+    g = torch.Generator().manual_seed(data.draw(SEEDS, label="perturbation seed"))
+    for cut in data.draw(st.lists(st.integers(0, seq_len - 1), min_size=1, max_size=3), label="cuts"):
+        future = torch.arange(seq_len) > cut
+        sel = future[None, None, :, None]
+        q = torch.where(sel, 3 * randn(tuple(case.q.shape), g, dtype), case.q)
+        k = torch.where(sel, 3 * randn(tuple(case.k.shape), g, dtype), case.k)
+        v = torch.where(sel, 3 * randn(tuple(case.v.shape), g, dtype), case.v)
+        mask = case.mask
+        if mask is not None:
+            mask = torch.where(future, torch.rand(mask.shape, generator=g) < 0.5, mask)
+        perturbed = case.run(q, k, v, key_padding_mask=mask)
+        assert torch.equal(perturbed[:, :, : cut + 1], out[:, :, : cut + 1]), (
+            f"an output at a position <= {cut} changed when only positions > {cut} did"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 4. Determinism and randomness
+# ----------------------------------------------------------------------------------------------------------
+
+
+@given(case=lsh_cases(max_len=150), dropout_p=st.sampled_from([0.0, 0.3]))
+def test_same_seed_same_bits_and_global_rng_untouched(case: LSHCase, dropout_p: float) -> None:
+    case = replace(case, dropout_p=dropout_p)
+    before = torch.get_rng_state()
+    first = case.run()
+    second = case.run()
+    assert torch.equal(torch.get_rng_state(), before), "lsh_attention touched the global RNG"
+    assert torch.equal(first, second)
+    # generator=None is a fixed seed (0): reproducible too.
+    assert torch.equal(case.run(generator=None), case.run(generator=None))
+    assert torch.equal(case.run(generator=None), case.run(generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+@given(seed=SEEDS, causal=st.booleans(), shared_qk=st.booleans(), n_hashes=st.integers(1, 3))
+def test_passed_generator_advances_by_one_rotation_draw(
+    seed: int, causal: bool, shared_qk: bool, n_hashes: int
+) -> None:
+    g = torch.Generator().manual_seed(seed + 1)
+    q, k, v = (randn((1, 2, 64, 4), g) for _ in range(3))
+    case = LSHCase(q, k, v, None, 8, n_hashes, 8, causal, shared_qk, seed)
+    generator = case.generator()
+    first = case.run(generator=generator)
+    second = case.run(generator=generator)
+    assert torch.equal(first, case.run()), "the first call did not use the generator's current state"
+    assert not torch.equal(first, second), "a second call with the same generator reused the rotations"
+    # The rotations are drawn once per call: the second call sees the generator after one draw.
+    advanced = case.generator()
+    torch.randn(4, n_hashes, 4, generator=advanced, dtype=torch.float32)
+    assert torch.equal(second, case.run(generator=advanced))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 5. gradcheck
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["noncausal", "causal"])
+@pytest.mark.parametrize("shared_qk", [False, True], ids=["separate", "shared"])
+@settings(max_examples=max(3, settings.default.max_examples // 4))
+@given(
+    seed=SEEDS,
+    seq_len=st.integers(7, 13),
+    bucket_size=st.integers(2, 4),
+    n_hashes=st.integers(1, 3),
+    data=st.data(),
+)
+def test_gradcheck_float64(
+    causal: bool,
+    shared_qk: bool,
+    seed: int,
+    seq_len: int,
+    bucket_size: int,
+    n_hashes: int,
+    data: st.DataObject,
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (randn((2, 1, seq_len, 4), g).requires_grad_(True) for _ in range(3))
+    mask = torch.rand(2, seq_len, generator=g) < 0.25
+    mask[1, -data.draw(st.integers(1, 3)) :] = True
+    case = LSHCase(q, k, v, mask, bucket_size, n_hashes, None, causal, shared_qk, seed)
+    # The hash is piecewise constant: skip draws where a finite-difference step could flip a bucket.
+    with torch.no_grad():
+        _, margin = reference_lsh(case)
+    assume(margin > 1e-3)
+
+    if shared_qk:  # no k: keys are the normalised queries, so q's gradient covers both roles
+        assert torch.autograd.gradcheck(lambda q, v: case.run(q, k, v), (q, v), eps=1e-6, atol=1e-5)
+    else:
+        assert torch.autograd.gradcheck(lambda q, k, v: case.run(q, k, v), (q, k, v), eps=1e-6, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 6. Half precision
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-2), (torch.bfloat16, 6e-2)], ids=["fp16", "bf16"])
+@given(case=lsh_cases(max_len=150), data=st.data())
+def test_half_precision_is_finite_and_close_to_float64(
+    dtype: torch.dtype, tol: float, case: LSHCase, data: st.DataObject
+) -> None:
+    batch, seq_len = case.q.shape[0], case.seq_len
+    mask = torch.zeros(batch, seq_len, dtype=torch.bool) if case.mask is None else case.mask.clone()
+    # Always some padded rows; sometimes a whole batch element of padding.
+    mask[:, data.draw(st.integers(0, seq_len - 1))] = True
+    if data.draw(st.booleans()):
+        mask[data.draw(st.integers(0, batch - 1))] = True
+    half = replace(case, mask=mask).cast(dtype)
+    wide = half.cast(torch.float64)  # the same values, so the same buckets
+    q, k, v = (t.clone().requires_grad_(True) for t in (half.q, half.k, half.v))
+    out = half.run(q, k, v)
+    assert out.dtype == dtype
+    assert torch.isfinite(out).all()
+    assert (out[mask[:, None, :, None].expand_as(out)] == 0).all()
+    torch.testing.assert_close(out.double(), wide.run(), atol=tol, rtol=tol)
+    out.float().sum().backward()
+    for t in (q, v) if half.shared_qk else (q, k, v):
+        assert t.grad is not None and torch.isfinite(t.grad.float()).all()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 7. More rounds, better approximation
+# ----------------------------------------------------------------------------------------------------------
+
+
+def clustered_case(seed: int, n_hashes: int) -> LSHCase:
+    g = torch.Generator().manual_seed(seed)
+    seq_len, head_dim, clusters = 256, 16, 8
+    centres = randn((clusters, head_dim), g) * 4.0
+    assignment = torch.randint(0, clusters, (seq_len,), generator=g)
+    q = (centres[assignment] + 0.5 * randn((seq_len, head_dim), g))[None, None]
+    v = randn((1, 1, seq_len, head_dim), g)
+    return LSHCase(q, q, v, None, 16, n_hashes, None, False, True, seed=seed + 1000)
+
+
+def test_error_falls_as_rounds_grow_on_clustered_data() -> None:
+    errors = []
+    for n_hashes in (1, 2, 4, 8):
+        per_seed = []
+        for seed in range(4):
+            case = clustered_case(seed, n_hashes)
+            exact = exact_attention(case)
+            per_seed.append(((case.run() - exact).norm() / exact.norm()).item())
+        errors.append(sum(per_seed) / len(per_seed))
+    assert errors[0] > errors[1] > errors[2] > errors[3], errors
+    assert errors[3] < 0.5 * errors[0], errors
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 8. Errors
+# ----------------------------------------------------------------------------------------------------------
+
+
+def shape_re(shape: tuple[int, ...]) -> str:
+    return re.escape(str(tuple(shape)))
+
+
+@st.composite
+def shapes(draw: st.DrawFn) -> tuple[int, int, int, int]:
+    """(B, H, N, d), small."""
+    batch, heads = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    return (batch, heads, draw(st.integers(2, 9)), draw(st.integers(1, 5)))
+
+
+@given(shape=shapes(), rank=st.sampled_from([1, 2, 3, 5]), which=st.sampled_from(["q", "k", "v"]))
+def test_wrong_rank_raises(shape: tuple[int, int, int, int], rank: int, which: str) -> None:
+    tensors = {name: torch.zeros(shape) for name in "qkv"}
+    bad = (shape + (2,))[:rank] if rank <= 5 else shape
+    tensors[which] = torch.zeros(bad)
+    with pytest.raises(ValueError, match=rf"{which} of shape \(B, H, N, d\).*got {shape_re(bad)}"):
+        lsh_attention(tensors["q"], tensors["k"], tensors["v"], bucket_size=2)
+
+
+@given(shape=shapes(), axis=st.integers(0, 3), delta=st.integers(1, 3))
+def test_key_shape_mismatch_names_both_shapes(
+    shape: tuple[int, int, int, int], axis: int, delta: int
+) -> None:
+    bad = list(shape)
+    bad[axis] += delta
+    with pytest.raises(ValueError, match=rf"k .*{shape_re(shape)}.*got {shape_re(tuple(bad))}"):
+        lsh_attention(torch.zeros(shape), torch.zeros(bad), torch.zeros(shape), bucket_size=2)
+
+
+@given(shape=shapes(), axis=st.integers(0, 2), delta=st.integers(1, 3))
+def test_value_shape_mismatch_names_both_shapes(
+    shape: tuple[int, int, int, int], axis: int, delta: int
+) -> None:
+    bad = list(shape)
+    bad[axis] += delta
+    b, h, n, _ = shape
+    with pytest.raises(ValueError, match=rf"v .*{re.escape(f'({b}, {h}, {n}')}.*got {shape_re(tuple(bad))}"):
+        lsh_attention(torch.zeros(shape), torch.zeros(shape), torch.zeros(bad), bucket_size=2)
+
+
+def test_shared_qk_rejects_a_separate_key() -> None:
+    q, v = torch.randn(1, 1, 5, 4), torch.randn(1, 1, 5, 4)
+    with pytest.raises(ValueError, match="shared_qk"):
+        lsh_attention(q, q.clone(), v, bucket_size=2, shared_qk=True)
+    # k=None and k=q itself are both accepted and mean the same thing.
+    assert torch.equal(
+        lsh_attention(q, None, v, bucket_size=2, shared_qk=True),
+        lsh_attention(q, q, v, bucket_size=2, shared_qk=True),
+    )
+    with pytest.raises(ValueError, match="needs k"):
+        lsh_attention(q, None, v, bucket_size=2, shared_qk=False)
+
+
+@given(n_buckets=st.integers(1, 20).filter(lambda n: n % 2 == 1 and n != 1) | st.integers(-4, 0))
+def test_bad_n_buckets_raises(n_buckets: int) -> None:
+    q = torch.randn(1, 1, 6, 4)
+    with pytest.raises(ValueError, match=rf"n_buckets.*even.*got {n_buckets}"):
+        lsh_attention(q, q, q, bucket_size=2, n_buckets=n_buckets)
+
+
+@given(bucket_size=st.integers(-3, 0), which=st.sampled_from(["bucket_size", "n_hashes"]))
+def test_non_positive_sizes_raise(bucket_size: int, which: str) -> None:
+    q = torch.randn(1, 1, 6, 4)
+    kwargs = {"bucket_size": 2, which: bucket_size}
+    with pytest.raises(ValueError, match=rf"{which} to be a positive int, got {bucket_size}"):
+        lsh_attention(q, q, q, **kwargs)  # type: ignore[arg-type]
+
+
+@given(shape=shapes(), bad=st.lists(st.integers(1, 10), min_size=1, max_size=3).map(tuple))
+def test_mask_of_wrong_shape_raises(shape: tuple[int, int, int, int], bad: tuple[int, ...]) -> None:
+    b, _, n, _ = shape
+    assume(bad != (b, n))
+    q = torch.zeros(shape)
+    with pytest.raises(ValueError, match=rf"key_padding_mask.*{shape_re((b, n))}.*got {shape_re(bad)}"):
+        lsh_attention(q, q, q, bucket_size=2, key_padding_mask=torch.zeros(bad, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64, torch.uint8], ids=str)
+def test_mask_of_wrong_dtype_raises(dtype: torch.dtype) -> None:
+    q = torch.zeros(2, 1, 5, 4)
+    with pytest.raises(TypeError, match="key_padding_mask.*bool"):
+        lsh_attention(q, q, q, bucket_size=2, key_padding_mask=torch.zeros(2, 5, dtype=dtype))
+
+
+@given(p=st.floats(1.0, 5.0) | st.floats(-5.0, -1e-6))
+def test_bad_dropout_raises(p: float) -> None:
+    q = torch.zeros(1, 1, 5, 4)
+    with pytest.raises(ValueError, match="dropout_p"):
+        lsh_attention(q, q, q, bucket_size=2, dropout_p=p)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 9. Memory: no N x N tensor
+# ----------------------------------------------------------------------------------------------------------
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the number of elements of the largest tensor any dispatched op produces."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        self.ops += 1
+        for leaf in pytree.tree_leaves(out):
+            if isinstance(leaf, torch.Tensor):
+                self.largest = max(self.largest, leaf.numel())
+        return out
+
+
+def test_the_instrument_sees_a_dense_score_matrix() -> None:
+    seq_len = 256
+    q = torch.randn(1, 1, seq_len, 16, requires_grad=True)
+    with LargestTensor() as seen:
+        attention(q, q, q, backend="math").sum().backward()
+    assert seen.largest >= seq_len * seq_len
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["noncausal", "causal"])
+@pytest.mark.parametrize("shared_qk", [False, True], ids=["separate", "shared"])
+def test_no_quadratic_tensor_in_forward_or_backward(causal: bool, shared_qk: bool) -> None:
+    seq_len = 4096
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (randn((1, 1, seq_len, 16), g, torch.float32).requires_grad_(True) for _ in range(3))
+    mask = torch.zeros(1, seq_len, dtype=torch.bool)
+    mask[:, -100:] = True
+    with LargestTensor() as forward:
+        out = lsh_attention(
+            q, None if shared_qk else k, v, bucket_size=32, n_hashes=2, causal=causal, shared_qk=shared_qk,
+            key_padding_mask=mask,
+        )
+    with LargestTensor() as backward:
+        out.sum().backward()
+    assert backward.ops > 0, "the backward pass was not observed"
+    assert q.grad is not None and v.grad is not None
+    assert max(forward.largest, backward.largest) < seq_len * seq_len / 8, (forward.largest, backward.largest)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 10. Dropout
+# ----------------------------------------------------------------------------------------------------------
+
+
+@given(case=lsh_cases(min_len=8, max_len=120, masks=False), p=st.sampled_from([0.1, 0.5, 0.9]))
+def test_dropout_is_seeded_active_and_differentiable(case: LSHCase, p: float) -> None:
+    dropped = replace(case, dropout_p=p)
+    before = torch.get_rng_state()
+    q, k, v = (t.clone().requires_grad_(True) for t in (case.q, case.k, case.v))
+    out = dropped.run(q, k, v)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out, dropped.run()), "same seed, different dropout"
+    assert not torch.equal(out, case.run()), "dropout_p > 0 changed nothing"
+    out.sum().backward()
+    for t in (q, v) if case.shared_qk else (q, k, v):
+        assert t.grad is not None and torch.isfinite(t.grad).all()
+
+
+@settings(max_examples=max(15, settings.default.max_examples))
+@given(case=lsh_cases(min_len=10, max_len=64, max_batch=1, masks=False), p=st.sampled_from([0.2, 0.5]))
+def test_dropout_drops_each_attention_weight_independently(case: LSHCase, p: float) -> None:
+    # With v = identity the output rows are the attention weights themselves: every weight must be either
+    # dropped (0) or kept and rescaled by 1 / (1 - p), each (query, key) pair once, however many rounds
+    # see it.
+    seq_len = case.seq_len
+    eye = torch.eye(seq_len, dtype=torch.float64).expand(1, case.q.shape[1], seq_len, seq_len)
+    case = replace(case, v=eye.contiguous())
+    weights = case.run()
+    dropped = replace(case, dropout_p=p).run()
+    if case.shared_qk:
+        # A query with no key to attend to returns its own value, untouched by dropout.
+        isolated = weights.diagonal(dim1=-2, dim2=-1) == 1
+        weights = weights.masked_fill(isolated[..., None], 0.0)
+        dropped = dropped.masked_fill(isolated[..., None], 0.0)
+    seen = weights > 0
+    kept = dropped != 0
+    assert not (kept & ~seen).any(), "dropout put weight on a key the query does not see"
+    torch.testing.assert_close(dropped[kept], weights[kept] / (1 - p), atol=1e-12, rtol=1e-9)
+    pairs = int(seen.sum())
+    if pairs >= 200:
+        rate = 1 - kept.sum().item() / pairs
+        assert abs(rate - p) < 4 * math.sqrt(p * (1 - p) / pairs) + 0.02, (rate, p, pairs)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["noncausal", "causal"])
+@pytest.mark.parametrize("shared_qk", [False, True], ids=["separate", "shared"])
+@settings(max_examples=max(2, settings.default.max_examples // 5))
+@given(seed=SEEDS, n_hashes=st.integers(1, 3), padded=st.booleans())
+def test_gradcheck_with_dropout(
+    causal: bool, shared_qk: bool, seed: int, n_hashes: int, padded: bool
+) -> None:
+    # A fresh generator at one seed per call makes the dropped function deterministic, so its backward
+    # (which must regenerate the very same masks) can be checked by finite differences.
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (randn((1, 2, 9, 4), g).requires_grad_(True) for _ in range(3))
+    mask = (torch.rand(1, 9, generator=g) < 0.25) if padded else None
+    case = LSHCase(q, k, v, mask, 3, n_hashes, None, causal, shared_qk, seed, dropout_p=0.3)
+    with torch.no_grad():
+        _, margin = reference_lsh(case)
+    assume(margin > 1e-3)
+    if shared_qk:
+        assert torch.autograd.gradcheck(lambda q, v: case.run(q, k, v), (q, v), eps=1e-6, atol=1e-5)
+    else:
+        assert torch.autograd.gradcheck(lambda q, k, v: case.run(q, k, v), (q, k, v), eps=1e-6, atol=1e-5)
