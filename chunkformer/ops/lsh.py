@@ -73,11 +73,13 @@ def hash_buckets(x: torch.Tensor, rotations: torch.Tensor, n_buckets: int) -> to
     n_hashes = rotations.shape[1]
     if n_buckets == 1:
         return torch.zeros(groups, n_hashes, seq_len, dtype=torch.long, device=x.device)
-    projected = torch.einsum("gnd,drk->grnk", x.float(), rotations)
+    half = rotations.shape[-1]
+    # One matmul for all rounds, reduced in place: (G, N, R, n_buckets / 2), no permuted copy.
+    projected = torch.matmul(x.float(), rotations.reshape(rotations.shape[0], -1)).unflatten(-1, (n_hashes, half))
     # argmax over [xR, -xR] without materialising the concatenation.
     top, top_index = projected.max(dim=-1)
     bottom, bottom_index = projected.min(dim=-1)
-    return torch.where(top >= -bottom, top_index, bottom_index + rotations.shape[-1])
+    return torch.where(top >= -bottom, top_index, bottom_index + half).transpose(1, 2)
 
 
 @dataclass
