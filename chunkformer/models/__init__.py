@@ -1,0 +1,25 @@
+"""Models built from chunkformer layers: the Shifted Chunk Transformer, its presets and a timm-style registry."""
+
+from chunkformer.models.attention_maps import AttentionMaps, capture_attention_maps
+from chunkformer.models.config import SCTConfig, StageConfig
+from chunkformer.models.loading import load_checkpoint, read_checkpoint, save_checkpoint
+from chunkformer.models.registry import create_model, list_models, register_model
+from chunkformer.models.sct import ShiftedChunkTransformer, sct_config, sct_l, sct_m, sct_s
+
+__all__ = [
+    "AttentionMaps",
+    "SCTConfig",
+    "ShiftedChunkTransformer",
+    "StageConfig",
+    "capture_attention_maps",
+    "create_model",
+    "list_models",
+    "load_checkpoint",
+    "read_checkpoint",
+    "register_model",
+    "save_checkpoint",
+    "sct_config",
+    "sct_l",
+    "sct_m",
+    "sct_s",
+]

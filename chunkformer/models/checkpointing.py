@@ -1,0 +1,68 @@
+"""Activation checkpointing that recomputes LSH attention with the rotations of the original forward."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from chunkformer.layers import LSHAttention
+
+
+def _snapshot(layers: Sequence[LSHAttention]) -> list[dict[str, Any]]:
+    """Each layer's seed and generator states, cloned so that later draws cannot alias the snapshot."""
+    snapshot = []
+    for layer in layers:
+        state = layer.get_extra_state()
+        generators = {key: value.clone() for key, value in state["generator_states"].items()}
+        snapshot.append({"seed": state["seed"], "generator_states": generators})
+    return snapshot
+
+
+def _restore(layers: Sequence[LSHAttention], snapshot: Sequence[dict[str, Any]]) -> None:
+    for layer, state in zip(layers, snapshot):
+        layer.set_extra_state(state)
+
+
+def lsh_state_contexts(
+    layers: Sequence[LSHAttention],
+) -> tuple[contextlib.AbstractContextManager[None], contextlib.AbstractContextManager[None]]:
+    """``context_fn`` for :func:`torch.utils.checkpoint.checkpoint`: the recomputation sees the LSH rotations
+    (and LSH attention-dropout masks) of the original forward.
+
+    LSHAttention draws rotations from its own generators, which ``preserve_rng_state`` does not cover:
+    without this the recomputed block would hash with new rotations and the gradients would be those of a
+    different function. The forward context records the generator states before the forward; the
+    recompute context puts them back for the recomputation and afterwards restores the states the layers
+    had when it started (the post-forward ones), so training draws the same sequence of rotations as
+    without checkpointing.
+    """
+    before_forward: list[dict[str, Any]] = []
+
+    @contextlib.contextmanager
+    def forward_context() -> Iterator[None]:
+        before_forward[:] = _snapshot(layers)
+        yield
+
+    @contextlib.contextmanager
+    def recompute_context() -> Iterator[None]:
+        after_forward = _snapshot(layers)
+        _restore(layers, before_forward)
+        try:
+            yield
+        finally:
+            _restore(layers, after_forward)
+
+    return forward_context(), recompute_context()
+
+
+def checkpoint_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``block(x)`` under non-reentrant activation checkpointing, LSH generator states preserved."""
+    lsh_layers = [module for module in block.modules() if isinstance(module, LSHAttention)]
+    if not lsh_layers:
+        return checkpoint(block, x, use_reentrant=False)
+    return checkpoint(block, x, use_reentrant=False, context_fn=lambda: lsh_state_contexts(lsh_layers))
