@@ -79,7 +79,7 @@ def hash_buckets(x: torch.Tensor, rotations: torch.Tensor, n_buckets: int) -> to
     # argmax over [xR, -xR] without materialising the concatenation.
     top, top_index = projected.max(dim=-1)
     bottom, bottom_index = projected.min(dim=-1)
-    return torch.where(top >= -bottom, top_index, bottom_index + half).transpose(1, 2)
+    return torch.where(top >= -bottom, top_index, bottom_index + half).transpose(1, 2).contiguous()
 
 
 @dataclass
