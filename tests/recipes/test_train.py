@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from train_checkpoint import atomic_save, load_training_state
+from train_config import preset
+from train_engine import train
+from train_kinetics import parse
+
+
+def _config(tmp_path: Path, out: str, **run: object):
+    config = preset("motion")
+    config.data.data_root = str(tmp_path / "motion")
+    config.data.motion_train_per_class, config.data.motion_val_per_class = 2, 1
+    config.data.motion_frames, config.data.motion_size = 10, 16
+    config.data.crop_size, config.data.num_frames = 16, 4
+    config.data.num_workers, config.data.temporal_views, config.data.spatial_crops = 0, 2, 1
+    config.model.import_module = "sct_tiny"
+    config.optim.epochs, config.optim.batch_size = 2, 4
+    config.run.out_dir = str(tmp_path / out)
+    for key, value in run.items():
+        setattr(config.run, key, value)
+    return config
+
+
+def _losses(out_dir: Path) -> list[float]:
+    with (out_dir / "steps.csv").open() as file:
+        return [float(row["loss"]) for row in csv.DictReader(file)]
+
+
+def test_resume_reproduces_the_uninterrupted_loss_sequence(tmp_path: Path) -> None:
+    full = train(_config(tmp_path, "full"))
+    assert len(full.step_losses) == 8  # 16 videos / batch 4 x 2 epochs
+    first = train(_config(tmp_path, "split", max_steps=3))  # stops mid-epoch 1, checkpoint at step 3
+    assert first.step_losses == full.step_losses[:3]
+    resumed = train(_config(tmp_path, "split", resume=True))
+    assert resumed.step_losses == full.step_losses[3:]
+    assert _losses(tmp_path / "split") == _losses(tmp_path / "full")
+    assert resumed.metrics is not None and full.metrics is not None
+    assert resumed.metrics.top1 == full.metrics.top1 and resumed.metrics.num_videos == 8
+    # The exported weights load through create_model.
+    from chunkformer.models import create_model
+
+    model = create_model("sct_tiny", num_classes=8, num_frames=4, img_size=16, checkpoint_path=resumed.weights)
+    assert torch.equal(model.state_dict()["clip_encoder.pos_embed"], load_training_state(resumed.checkpoint)["model"]["clip_encoder.pos_embed"])
+
+
+def test_checkpoint_loads_weights_only_and_keeps_last_k(tmp_path: Path) -> None:
+    result = train(_config(tmp_path, "run", keep_last=1, save_every_steps=1))
+    names = sorted(p.name for p in (tmp_path / "run").glob("ckpt-*.pt"))
+    assert names == ["ckpt-00000008.pt"] and (tmp_path / "run" / "best.pt").is_file()
+    state = load_training_state(result.checkpoint)  # weights_only=True
+    assert state["step"] == 8 and len(state["rng"]) == 1 and "scheduler" in state
+
+
+def test_killed_save_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pt"
+    atomic_save({"step": 1, "w": torch.ones(3)}, path)
+    # A child that is killed (SIGKILL, no cleanup) in the middle of writing a large checkpoint.
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys, torch
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2] / 'recipes')!r})
+        import train_checkpoint
+        real = torch.save
+        def dying_save(obj, file):
+            real(obj, file)
+            file.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        train_checkpoint.torch.save = dying_save
+        train_checkpoint.atomic_save({{"step": 2, "w": torch.zeros(1_000_000)}}, {str(path)!r})
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert result.returncode != 0
+    state = torch.load(path, weights_only=True)
+    assert state["step"] == 1 and torch.equal(state["w"], torch.ones(3))
+
+
+def test_cli_presets_and_overrides() -> None:
+    config = parse(["k400", "--optim.lr", "0.05", "--model.name", "sct_m"])
+    assert (config.data.frame_rate, config.data.frame_stride, config.optim.warmup_epochs) == (5, 10, 2)
+    assert config.optim.lr == 0.05 and config.global_batch() == 16  # section 4: SCT-M batch 16
+    assert parse(["hmdb51"]).optim.label_smoothing == 0 and parse(["mit"]).model.dropout == 0.2
+    assert parse([]).model.name == "sct_tiny"
+    with pytest.raises(SystemExit):
+        parse(["k400", "--optim.lr", "fast"])
