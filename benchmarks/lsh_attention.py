@@ -31,11 +31,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import PeakRSS, cpu_name, matmul_peak_gflops, write_outputs  # noqa: E402
 
 HEADS, HEAD_DIM, BUCKET = 4, 64, 64
 IMPLEMENTATIONS = ("chunkformer", "reformer-pytorch", "hf-reformer", "sdpa-full")
@@ -118,40 +120,6 @@ def _build(impl: str, n_hashes: int, length: int):
     raise ValueError(f"unknown implementation {impl!r}; expected one of {IMPLEMENTATIONS}")
 
 
-class _PeakRSS:
-    """Samples this process's resident memory every half millisecond; ``peak_mb`` is the growth of the
-    peak over the resident memory at entry (ru_maxrss cannot tell a run's peak from an earlier one)."""
-
-    def __enter__(self) -> "_PeakRSS":
-        import threading
-
-        self._page = os.sysconf("SC_PAGE_SIZE")
-        self._stop = threading.Event()
-        self.baseline = self._resident()
-        self.peak = self.baseline
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _resident(self) -> int:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * self._page
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._resident())
-            time.sleep(0.0005)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._resident())
-
-    @property
-    def peak_mb(self) -> float:
-        return (self.peak - self.baseline) / 2**20
-
-
 def _cell(impl: str, length: int, n_hashes: int, repeats: int, threads: int) -> dict:
     """Run one cell in this process and return its measurements."""
     import torch
@@ -161,7 +129,7 @@ def _cell(impl: str, length: int, n_hashes: int, repeats: int, threads: int) -> 
     qk.requires_grad_(True)
     v.requires_grad_(True)
     run = _build(impl, n_hashes, length)
-    with _PeakRSS() as memory:
+    with PeakRSS() as memory:
         run(qk, v).sum().backward()
     peak_mb = memory.peak_mb
     forward, both = [], []
@@ -197,19 +165,6 @@ def _cell(impl: str, length: int, n_hashes: int, repeats: int, threads: int) -> 
     return result
 
 
-def _matmul_peak_gflops(threads: int) -> float:
-    import torch
-
-    torch.set_num_threads(threads)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    best = float("inf")
-    for _ in range(6):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * 2048**3 / best / 1e9
-
-
 def _flops(length: int, n_hashes: int) -> tuple[float, float]:
     forward = 8 * 1 * HEADS * n_hashes * length * (2 * BUCKET) * HEAD_DIM
     return forward, 2 * forward
@@ -235,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    peak = _matmul_peak_gflops(args.threads)
+    peak = matmul_peak_gflops(args.threads)
     rows = []
     for length in args.lengths:
         for n_hashes in args.hashes:
@@ -258,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(rows[-1], file=sys.stderr, flush=True)
 
     lines = [
-        f"Machine: {platform.processor() or platform.machine()}, {args.threads} threads; torch {torch.__version__}; "
+        f"Machine: {cpu_name()}, {args.threads} threads; torch {torch.__version__}; "
         f"fp32 GEMM peak measured {peak:.1f} GFLOP/s",
         f"Command: `python benchmarks/lsh_attention.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
         "",
@@ -282,14 +237,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"| {length} | {n_hashes} | {row['impl']} | {row['forward_s']:.3f} | {row['fwd_bwd_s']:.3f} | "
                     f"{ratio} | {row['peak_mb']:.0f} | {share_text} | {error} |"
                 )
-    table = "\n".join(lines)
-    print(table)
-    if args.markdown_out:
-        with open(args.markdown_out, "w") as handle:
-            handle.write(table + "\n")
-    if args.json_out:
-        with open(args.json_out, "w") as handle:
-            json.dump({"peak_gflops": peak, "rows": rows}, handle, indent=1)
+    write_outputs("\n".join(lines), args.markdown_out, args.json_out, {"peak_gflops": peak, "rows": rows})
 
 
 if __name__ == "__main__":

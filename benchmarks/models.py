@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lsh_attention import _matmul_peak_gflops, _PeakRSS  # noqa: E402  (shared measurement helpers)
+from _common import PeakRSS, cpu_name, matmul_peak_gflops, write_outputs  # noqa: E402
 
 MODELS = ("sct_s", "sct_m", "sct_l", "vit_b16_sct")
 PRECISIONS = ("fp32", "bf16")
@@ -67,7 +66,7 @@ def _cell(name: str, precision: str, frames: int, img_size: int, repeats: int, t
             loss = model(clip).float().sum()
         loss.backward()
 
-    with _PeakRSS() as memory:
+    with PeakRSS() as memory:
         forward_backward()
     peak_mb = memory.peak_mb
     times = {"forward": [], "fwd_bwd": []}
@@ -108,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    peak = _matmul_peak_gflops(args.threads)
+    peak = matmul_peak_gflops(args.threads)
     rows = []
     for name in args.models:
         for precision in args.precisions:
@@ -128,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
             print(rows[-1], file=sys.stderr, flush=True)
 
     lines = [
-        f"Machine: {platform.processor() or platform.machine()}, {args.threads} threads; torch {torch.__version__}; "
+        f"Machine: {cpu_name()}, {args.threads} threads; torch {torch.__version__}; "
         f"fp32 GEMM peak measured {peak:.1f} GFLOP/s. One clip 1 x 3 x {args.frames} x {args.img_size} x "
         f"{args.img_size}.",
         f"Command: `python benchmarks/models.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
@@ -147,14 +146,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| {row['model']} | {row['precision']} | {row['params_m']:.2f}M | {row['gmacs']:.1f} | "
             f"{row['forward_s']:.3f} | {row['fwd_bwd_s']:.3f} | {row['peak_mb']:.0f} | {share_fwd:.0%} / {share_both:.0%} |"
         )
-    table = "\n".join(lines)
-    print(table)
-    if args.markdown_out:
-        with open(args.markdown_out, "w") as handle:
-            handle.write(table + "\n")
-    if args.json_out:
-        with open(args.json_out, "w") as handle:
-            json.dump({"peak_gflops": peak, "rows": rows}, handle, indent=1)
+    write_outputs("\n".join(lines), args.markdown_out, args.json_out, {"peak_gflops": peak, "rows": rows})
 
 
 if __name__ == "__main__":

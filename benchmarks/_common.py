@@ -1,0 +1,79 @@
+"""Measurement helpers shared by the benchmark scripts: peak memory, the machine's GEMM peak, reporting."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (or what platform knows)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class PeakRSS:
+    """Samples this process's resident memory every half millisecond; ``peak_mb`` is the growth of the
+    peak over the resident memory at entry (ru_maxrss cannot tell a run's peak from an earlier one)."""
+
+    def __enter__(self) -> "PeakRSS":
+        import threading
+
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._stop = threading.Event()
+        self.baseline = self._resident()
+        self.peak = self.baseline
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _resident(self) -> int:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * self._page
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._resident())
+            time.sleep(0.0005)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._resident())
+
+    @property
+    def peak_mb(self) -> float:
+        return (self.peak - self.baseline) / 2**20
+
+
+def matmul_peak_gflops(threads: int) -> float:
+    """Best of six 2048^3 fp32 GEMMs, in GFLOP/s: the bound the matmul-share columns divide by."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    best = float("inf")
+    for _ in range(6):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * 2048**3 / best / 1e9
+
+
+def write_outputs(table: str, markdown_out: str | None, json_out: str | None, payload: object) -> None:
+    """Print the markdown table and write it (and the raw rows as JSON) where asked."""
+    print(table)
+    if markdown_out:
+        with open(markdown_out, "w") as handle:
+            handle.write(table + "\n")
+    if json_out:
+        with open(json_out, "w") as handle:
+            json.dump(payload, handle, indent=1)
