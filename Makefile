@@ -6,8 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+VIDEO_STAMP := $(VENV)/.installed-video
 
-.PHONY: install train test docs bench clean
+.PHONY: install train example test docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +17,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,docs]'
 	touch $(STAMP)
 
+$(VIDEO_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[video]'
+	touch $(VIDEO_STAMP)
+
 install: $(STAMP)
 
-train: $(STAMP)
+# The main job: recipes/train_kinetics.py on its built-in synthetic motion videos (generated once, cached).
+train: $(VIDEO_STAMP)
+	$(PY) recipes/train_kinetics.py
+
+# A tiny video transformer assembled from the layers, trained on in-memory clips (the layers guide's example).
+example: $(STAMP)
 	$(PY) examples/tiny_video_transformer.py
 
 test: $(STAMP)
