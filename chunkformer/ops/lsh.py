@@ -84,27 +84,42 @@ def hash_buckets(x: torch.Tensor, rotations: torch.Tensor, n_buckets: int) -> to
 
 @dataclass
 class LSHLayout:
-    """Where every token goes, per hash round.
+    """Where every token goes, per hash round, and which pairs each round attends.
 
     ``G`` is batch x heads, ``R`` the hash rounds, ``Q`` query blocks per round, ``bs`` the bucket size and
-    ``K`` the keys a query block sees (``bs`` or ``2 * bs``). Token index ``N`` is a padding token the caller
-    appends; empty slots point at it.
+    ``K`` the keys a query block sees (``bs`` or ``2 * bs``). Token index ``N`` marks an empty slot.
 
     Attributes:
         query_ids: (G, R, Q, bs) token in each query slot.
         key_ids: (G, R, Q, K) token in each key slot seen by the query block.
         query_slot: (G, R, N) flat index into the R x Q x bs query slots of each token in each round;
             ``R * Q * bs`` for a token with no slot in that round.
-        keep: (G, R, Q, bs, K) bool: the query attends to the key in this round. A pair that several rounds
-            put in view is kept in the first of them only, so the rounds together attend to each key of the
-            union once. None when every pair in view is kept (one round, no padding, no self-exclusion),
-            so no mask is needed.
+        needs_mask: False when every pair in view is attended (one round, no padding, no self-exclusion).
+        rounds_used: rounds that can attend anything; later ones are skipped (when the whole sequence is one
+            block, the first round already attends to every key).
     """
 
     query_ids: torch.Tensor
     key_ids: torch.Tensor
     query_slot: torch.Tensor
-    keep: torch.Tensor | None
+    needs_mask: bool
+    rounds_used: int
+    _visible: Callable[[int], torch.Tensor]
+    _seen: Callable[[int, int], torch.Tensor]
+
+    def keep(self, round_index: int) -> torch.Tensor | None:
+        """(G, Q, bs, K) bool: the pairs round ``round_index`` attends; None when nothing is masked.
+
+        A pair that several rounds put in view is kept in the first of them only, so the rounds together
+        attend to each key of the union once. Built one round at a time, comparing with the r earlier
+        rounds, so only one round's worth of pair flags exists at once.
+        """
+        if not self.needs_mask:
+            return None
+        keep = self._visible(round_index)
+        for earlier in range(round_index):
+            keep &= ~self._seen(earlier, round_index)
+        return keep
 
 
 def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
@@ -117,8 +132,8 @@ def _inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
 
 
 def _lookup(features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Per-token features (G, R, N + 1) looked up at token ids (G, R, ...) -> (G, R, ...)."""
-    return torch.gather(features, 2, ids.reshape(*ids.shape[:2], -1)).reshape(ids.shape)
+    """Per-token features (G, N + 1) looked up at token ids (G, ...) -> (G, ...)."""
+    return torch.gather(features, 1, ids.reshape(ids.shape[0], -1)).reshape(ids.shape)
 
 
 def _with_pad(features: torch.Tensor, value: int) -> torch.Tensor:
@@ -131,21 +146,6 @@ def _flat_query_slot(slot: torch.Tensor, placed: torch.Tensor, slots_per_round: 
     rounds = slot.shape[1]
     offset = torch.arange(rounds, device=slot.device)[None, :, None] * slots_per_round
     return torch.where(placed, slot + offset, rounds * slots_per_round)
-
-
-def _first_round_only(
-    seen: Callable[[int, int], torch.Tensor], rounds: int, visible: torch.Tensor
-) -> torch.Tensor:
-    """Drop from round r every pair that an earlier round r' < r already has in view.
-
-    ``seen(r_prime, r)`` says, for the pairs of round r's layout, whether round r' has them in view. Only
-    r(r - 1) / 2 round pairs are compared, one at a time, so one round's worth of flags exists at once.
-    """
-    keep = visible.clone()
-    for row_round in range(1, rounds):
-        for earlier in range(row_round):
-            keep[:, row_round] &= ~seen(earlier, row_round)
-    return keep
 
 
 def sorted_layout(
@@ -191,31 +191,36 @@ def sorted_layout(
     placed = torch.ones_like(query_slot, dtype=torch.bool) if valid is None else valid[:, None].expand_as(query_slot)
     flat_slot = _flat_query_slot(query_slot, placed, padded_len)
 
-    if rounds == 1 and not has_padding and not shared_qk:
-        return LSHLayout(query_ids, key_ids, flat_slot, None)
-
     real = torch.ones(groups, seq_len, dtype=torch.bool, device=device) if valid is None else valid
     real = torch.cat([real, torch.zeros(groups, 1, dtype=torch.bool, device=device)], dim=-1)
-    real = real[:, None].expand(groups, rounds, seq_len + 1)
-    visible = _lookup(real, query_ids)[..., :, None] & _lookup(real, key_ids)[..., None, :]
-    if shared_qk:
-        visible &= query_ids[..., :, None] != key_ids[..., None, :]
-    if n_blocks == 1:
-        # Every round has every key in view: the first round already attends to the whole union.
-        visible[:, 1:] = False
-        return LSHLayout(query_ids, key_ids, flat_slot, visible)
+
+    def visible(round_index: int) -> torch.Tensor:
+        query_r, key_r = query_ids[:, round_index], key_ids[:, round_index]
+        pairs = _lookup(real, query_r)[..., :, None] & _lookup(real, key_r)[..., None, :]
+        if shared_qk:
+            pairs &= query_r[..., :, None] != key_r[..., None, :]
+        return pairs
 
     # In round r' a pair is in view when the key's block is the query's block or the one before it.
     query_block = _with_pad(torch.div(query_slot, bucket_size, rounding_mode="floor").int(), -4)
     key_block = _with_pad(torch.div(key_slot, bucket_size, rounding_mode="floor").int(), -8)
 
-    def seen(earlier: int, row_round: int) -> torch.Tensor:
-        q_block = _lookup(query_block[:, earlier, None], query_ids[:, row_round, None])[:, 0, ..., :, None]
-        k_block = _lookup(key_block[:, earlier, None], key_ids[:, row_round, None])[:, 0, ..., None, :]
+    def seen(earlier: int, round_index: int) -> torch.Tensor:
+        q_block = _lookup(query_block[:, earlier], query_ids[:, round_index])[..., :, None]
+        k_block = _lookup(key_block[:, earlier], key_ids[:, round_index])[..., None, :]
         q_previous = torch.where(q_block > 0, q_block - 1, q_block + n_blocks - 1)
         return (k_block == q_block) | (k_block == q_previous)
 
-    return LSHLayout(query_ids, key_ids, flat_slot, _first_round_only(seen, rounds, visible))
+    return LSHLayout(
+        query_ids,
+        key_ids,
+        flat_slot,
+        needs_mask=rounds > 1 or has_padding or shared_qk,
+        # One block: every round has every key in view, so the first round attends to the whole union.
+        rounds_used=1 if n_blocks == 1 else rounds,
+        _visible=visible,
+        _seen=seen,
+    )
 
 
 def bucket_aligned_layout(
@@ -328,24 +333,21 @@ def bucket_aligned_layout(
     query_high = torch.where(has_key, query_buckets * stride + newest + bucket_size, -2 * stride)
     query_high = _with_pad(query_high.to(code_dtype), -2 * stride)
 
-    def in_view(key_code_r: torch.Tensor, query_high_r: torch.Tensor, key_ids_r, query_ids_r) -> torch.Tensor:
-        code = _lookup(key_code_r, key_ids_r)[..., None, :]
-        high = _lookup(query_high_r, query_ids_r)[..., :, None]
-        in_window = (code <= high) & (code > high - bucket_size)
+    def in_view(code_round: int, round_index: int) -> torch.Tensor:
+        query_r, key_r = query_ids[:, round_index], key_ids[:, round_index]
+        code = _lookup(key_code[:, code_round], key_r)[..., None, :]
+        high = _lookup(query_high[:, code_round], query_r)[..., :, None]
+        pairs = (code <= high) & (code > high - bucket_size)
         if shared_qk:
-            in_window &= query_ids_r[..., :, None] != key_ids_r[..., None, :]
-        return in_window
+            pairs &= query_r[..., :, None] != key_r[..., None, :]
+        return pairs
 
-    visible = in_view(key_code, query_high, key_ids, query_ids)
-
-    def seen(earlier: int, row_round: int) -> torch.Tensor:
-        return in_view(
-            key_code[:, earlier, None],
-            query_high[:, earlier, None],
-            key_ids[:, row_round, None],
-            query_ids[:, row_round, None],
-        )[:, 0]
-
-    keep = _first_round_only(seen, rounds, visible)
-    flat_slot = _flat_query_slot(query_slot, has_key, query_slots)
-    return LSHLayout(query_ids, key_ids, flat_slot, keep)
+    return LSHLayout(
+        query_ids,
+        key_ids,
+        _flat_query_slot(query_slot, has_key, query_slots),
+        needs_mask=True,
+        rounds_used=rounds,
+        _visible=lambda round_index: in_view(round_index, round_index),
+        _seen=in_view,
+    )

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from chunkformer.ops.lsh import (
+    LSHLayout,
     bucket_aligned_layout,
     default_n_buckets,
     hash_buckets,
@@ -91,13 +92,11 @@ def _rows_of_tokens(blocks: torch.Tensor, query_slot: torch.Tensor) -> torch.Ten
 
 
 def _logit_bias(keep: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """0 where the pair is attended, -inf elsewhere. Shape (G, R * Q, bs, K)."""
+    """0 where the pair is attended, -inf elsewhere: one round's (G, Q, bs, K) additive mask."""
     if keep is None:
         return None
-    groups, rounds, blocks = keep.shape[:3]
     zero = torch.zeros((), dtype=dtype, device=keep.device)
-    bias = torch.where(keep, zero, torch.full((), float("-inf"), dtype=dtype, device=keep.device))
-    return bias.reshape(groups, rounds * blocks, *keep.shape[3:])
+    return torch.where(keep, zero, torch.full((), float("-inf"), dtype=dtype, device=keep.device))
 
 
 def _use_flash(q: torch.Tensor, dropout_p: float) -> bool:
@@ -189,60 +188,92 @@ def _block_backward(
     return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype)
 
 
-def _dropout_keep(
-    shape: torch.Size, dropout_p: float, generator_state: torch.Tensor | None, device: torch.device
-) -> torch.Tensor | None:
-    """The dropout mask, regenerated bit for bit from a saved generator state in the backward."""
+def _dropout_generator(
+    generator_state: torch.Tensor | None, dropout_p: float, device: torch.device
+) -> torch.Generator | None:
+    """A generator at the saved state: forward and backward draw the same masks, round after round."""
     if dropout_p == 0.0 or generator_state is None:
         return None
     generator = torch.Generator(device=device)
     generator.set_state(generator_state)
-    return (torch.rand(shape, generator=generator, device=device) >= dropout_p).float()
+    return generator
+
+
+def _dropout_keep(
+    keep: torch.Tensor | None,
+    q_blocks: torch.Tensor,
+    k_blocks: torch.Tensor,
+    dropout_p: float,
+    generator: torch.Generator | None,
+) -> torch.Tensor | None:
+    """This round's dropout mask over (G, Q, bs, K), drawn from ``generator``."""
+    if generator is None:
+        return None
+    shape = (*q_blocks.shape[:3], k_blocks.shape[2])
+    return (torch.rand(shape, generator=generator, device=q_blocks.device) >= dropout_p).float()
+
+
+def _round_blocks(x: torch.Tensor, ids: torch.Tensor, round_index: int) -> torch.Tensor:
+    """One round's blocks: rows of x (G, N, d) at ids[:, round_index] -> (G, Q, S, d), slot-major."""
+    return _gather_tokens(x, ids[:, round_index : round_index + 1])
 
 
 class _LSHAttentionFunction(torch.autograd.Function):
+    """Rounds run one after another, merged online (running max, weight sum and weighted output per token),
+    so the blocks, masks and kernel buffers of only one round exist at a time; the backward pass loops over
+    the rounds the same way."""
+
     @staticmethod
     def forward(  # type: ignore[override]
         ctx,
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
-        query_ids: torch.Tensor,
-        key_ids: torch.Tensor,
-        query_slot: torch.Tensor,
-        keep: torch.Tensor | None,
+        layout: LSHLayout,
         valid: torch.Tensor | None,
         scale: float,
         self_fallback: bool,
         dropout_p: float,
         generator_state: torch.Tensor | None,
     ) -> torch.Tensor:
+        groups, seq_len, _ = q.shape
         acc = torch.promote_types(q.dtype, torch.float32)
-        bias = _logit_bias(keep, q.dtype)
-        q_blocks = _gather_tokens(q, query_ids)
-        k_blocks = _gather_tokens(k, key_ids)
-        v_blocks = _gather_tokens(v, key_ids)
-        dropout_mask = _dropout_keep(
-            k_blocks.shape[:2] + (q_blocks.shape[2], k_blocks.shape[2]), dropout_p, generator_state, q.device
-        )
-        out_blocks, lse_blocks = _block_forward(q_blocks, k_blocks, v_blocks, bias, scale, dropout_mask, dropout_p)
-        lse_blocks = lse_blocks.to(acc)
-        if keep is not None:
-            # Kernels disagree on rows with no key in view (lse 0 or -inf): make it -inf.
-            has_key = keep.any(dim=-1).reshape(lse_blocks.shape)
-            lse_blocks = lse_blocks.masked_fill(~has_key, float("-inf"))
+        slots_per_round = layout.query_ids[0, 0].numel()
+        dropout_generator = _dropout_generator(generator_state, dropout_p, q.device)
+        running_max = torch.full((groups, seq_len), float("-inf"), dtype=acc, device=q.device)
+        weight_sum = torch.zeros(groups, seq_len, dtype=acc, device=q.device)
+        weighted = torch.zeros(groups, seq_len, v.shape[-1], dtype=acc, device=q.device)
+        for round_index in range(layout.rounds_used):
+            keep = layout.keep(round_index)
+            q_blocks = _round_blocks(q, layout.query_ids, round_index)
+            k_blocks = _round_blocks(k, layout.key_ids, round_index)
+            v_blocks = _round_blocks(v, layout.key_ids, round_index)
+            dropout_mask = _dropout_keep(keep, q_blocks, k_blocks, dropout_p, dropout_generator)
+            out_blocks, lse_blocks = _block_forward(
+                q_blocks, k_blocks, v_blocks, _logit_bias(keep, q.dtype), scale, dropout_mask, dropout_p
+            )
+            lse_blocks = lse_blocks.to(acc)
+            if keep is not None:
+                # Kernels disagree on rows with no key in view (lse 0 or -inf): make it -inf.
+                lse_blocks = lse_blocks.masked_fill(~keep.any(dim=-1), float("-inf"))
+            # Each token's row in this round; a token without a slot reads lse -inf.
+            slot = layout.query_slot[:, round_index : round_index + 1] - round_index * slots_per_round
+            placed = (slot >= 0) & (slot < slots_per_round)
+            slot = torch.where(placed, slot, slots_per_round)
+            lse = _rows_of_tokens(lse_blocks, slot)[:, 0].masked_fill(~placed[:, 0], float("-inf"))
+            rows = _rows_of_tokens(out_blocks, slot)[:, 0].to(acc)
+            new_max = torch.maximum(running_max, lse)
+            safe_max = new_max.masked_fill(torch.isneginf(new_max), 0.0)
+            old_scale = torch.exp(running_max - safe_max)
+            new_weight = torch.exp(lse - safe_max)
+            weighted = weighted * old_scale[..., None] + new_weight[..., None] * rows
+            weight_sum = weight_sum * old_scale + new_weight
+            running_max = new_max
 
-        # Each token's row in each round; a token without a slot in a round reads lse -inf.
-        placed = query_slot < query_ids.numel() // query_ids.shape[0]
-        lse = _rows_of_tokens(lse_blocks, query_slot).masked_fill(~placed, float("-inf"))
-        per_round = _rows_of_tokens(out_blocks, query_slot).to(acc)
-        merged_lse = torch.logsumexp(lse, dim=1)
-        no_key = torch.isneginf(merged_lse)
-        safe_lse = merged_lse.masked_fill(no_key, 0.0)
-        weights = torch.exp(lse - safe_lse[:, None])
-        # Dividing by the weight sum (1 in exact arithmetic) keeps rows whose logits are all tiny exact.
-        total = weights.sum(dim=1).clamp(min=torch.finfo(acc).tiny)
-        out = (torch.einsum("grn,grnd->gnd", weights, per_round) / total[..., None]).to(v.dtype)
+        no_key = torch.isneginf(running_max)
+        # Dividing by the weight sum (not assuming it is 1) keeps rows whose logits are all tiny exact.
+        out = (weighted / weight_sum.clamp(min=torch.finfo(acc).tiny)[..., None]).to(v.dtype)
+        merged_lse = torch.where(no_key, 0.0, running_max + torch.log(weight_sum.clamp(min=torch.finfo(acc).tiny)))
         if self_fallback:
             fallback = no_key if valid is None else no_key & valid
             out = torch.where(fallback[..., None], v, out.masked_fill(no_key[..., None], 0.0))
@@ -250,7 +281,8 @@ class _LSHAttentionFunction(torch.autograd.Function):
             fallback = torch.zeros_like(no_key)
             out = out.masked_fill(no_key[..., None], 0.0)
 
-        ctx.save_for_backward(q, k, v, query_ids, key_ids, query_slot, keep, out, safe_lse, no_key, fallback)
+        ctx.save_for_backward(q, k, v, out, merged_lse, no_key, fallback)
+        ctx.layout = layout
         ctx.scale = scale
         ctx.dropout_p = dropout_p
         ctx.generator_state = generator_state
@@ -258,32 +290,44 @@ class _LSHAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        q, k, v, query_ids, key_ids, query_slot, keep, out, merged_lse, no_key, fallback = ctx.saved_tensors
+        q, k, v, out, merged_lse, no_key, fallback = ctx.saved_tensors
+        layout: LSHLayout = ctx.layout
         seq_len = q.shape[1]
-        bias = _logit_bias(keep, q.dtype)
+        slots_per_round = layout.query_ids[0, 0].numel()
+        dropout_generator = _dropout_generator(ctx.generator_state, ctx.dropout_p, q.device)
         grad_attended = grad_out.masked_fill(no_key[..., None], 0.0).to(q.dtype)
-        q_blocks = _gather_tokens(q, query_ids)
-        k_blocks = _gather_tokens(k, key_ids)
-        v_blocks = _gather_tokens(v, key_ids)
-        # Empty query slots read token 0's gradient: zero it so they add nothing.
-        grad_blocks = _gather_tokens(grad_attended, query_ids)
-        grad_blocks = grad_blocks.masked_fill((query_ids >= seq_len).reshape(*grad_blocks.shape[:3], 1), 0.0)
-        out_blocks = _gather_tokens(out, query_ids)
-        lse_blocks = _gather_tokens(merged_lse[..., None], query_ids)[..., 0]
-        dropout_mask = _dropout_keep(
-            k_blocks.shape[:2] + (q_blocks.shape[2], k_blocks.shape[2]), ctx.dropout_p, ctx.generator_state, q.device
-        )
-        grad_q, grad_k, grad_v = _block_backward(
-            grad_blocks, q_blocks, k_blocks, v_blocks, out_blocks, lse_blocks, bias, ctx.scale, dropout_mask,
-            ctx.dropout_p,
-        )
-        # A token's query gradient is one row per round: gather and sum, no scatter needed.
-        placed = query_slot < query_ids.numel() // query_ids.shape[0]
-        grad_q = _rows_of_tokens(grad_q, query_slot).masked_fill(~placed[..., None], 0.0).sum(dim=1)
-        grad_k = _scatter_add_tokens(grad_k, key_ids, seq_len)
-        grad_v = _scatter_add_tokens(grad_v, key_ids, seq_len)
-        grad_v = grad_v + torch.where(fallback[..., None], grad_out, 0.0).to(grad_v.dtype)
-        return grad_q, grad_k, grad_v, None, None, None, None, None, None, None, None, None
+        grad_q = torch.zeros_like(q, dtype=torch.promote_types(q.dtype, torch.float32))
+        grad_k = k.new_zeros(k.shape[0] * seq_len, k.shape[-1], dtype=grad_q.dtype)
+        grad_v = v.new_zeros(v.shape[0] * seq_len, v.shape[-1], dtype=grad_q.dtype)
+        for round_index in range(layout.rounds_used):
+            keep = layout.keep(round_index)
+            query_ids = layout.query_ids[:, round_index : round_index + 1]
+            key_ids = layout.key_ids[:, round_index : round_index + 1]
+            q_blocks = _gather_tokens(q, query_ids)
+            k_blocks = _gather_tokens(k, key_ids)
+            v_blocks = _gather_tokens(v, key_ids)
+            # Empty query slots read token 0's gradient: zero it so they add nothing.
+            grad_blocks = _gather_tokens(grad_attended, query_ids)
+            grad_blocks = grad_blocks.masked_fill((query_ids[:, 0] >= seq_len)[..., None], 0.0)
+            out_blocks = _gather_tokens(out, query_ids)
+            lse_blocks = _gather_tokens(merged_lse[..., None], query_ids)[..., 0]
+            dropout_mask = _dropout_keep(keep, q_blocks, k_blocks, ctx.dropout_p, dropout_generator)
+            grad_q_blocks, grad_k_blocks, grad_v_blocks = _block_backward(
+                grad_blocks, q_blocks, k_blocks, v_blocks, out_blocks, lse_blocks,
+                _logit_bias(keep, q.dtype), ctx.scale, dropout_mask, ctx.dropout_p,
+            )
+            # A token's query gradient is one row of this round: gather it, no scatter needed.
+            slot = layout.query_slot[:, round_index : round_index + 1] - round_index * slots_per_round
+            placed = (slot >= 0) & (slot < slots_per_round)
+            rows = _rows_of_tokens(grad_q_blocks, torch.where(placed, slot, slots_per_round))[:, 0]
+            grad_q += rows.masked_fill(~placed[:, 0, :, None], 0.0)
+            flat = _flat_rows(_slot_major_ids(key_ids), seq_len)
+            width_k, width_v = grad_k_blocks.shape[-1], grad_v_blocks.shape[-1]
+            grad_k.index_add_(0, flat, grad_k_blocks.transpose(1, 2).reshape(-1, width_k).to(grad_k.dtype))
+            grad_v.index_add_(0, flat, grad_v_blocks.transpose(1, 2).reshape(-1, width_v).to(grad_v.dtype))
+        grad_k = grad_k.reshape(k.shape)
+        grad_v = grad_v.reshape(v.shape) + torch.where(fallback[..., None], grad_out, 0.0)
+        return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), None, None, None, None, None, None
 
 
 def _check_lsh_inputs(
@@ -460,22 +504,11 @@ def lsh_attention(
         generator_state = generator.get_state() if dropout_p > 0.0 else None
         if generator_state is not None:
             # Advance the caller's generator past the dropout draws, as if they were taken from it.
-            pairs = layout.query_ids.numel() * layout.key_ids.shape[-1]
+            pairs = layout.query_ids[:, : layout.rounds_used].numel() * layout.key_ids.shape[-1]
             torch.rand(pairs, generator=generator, device=q.device)
 
     scale = 1.0 / math.sqrt(head_dim)
     out = _LSHAttentionFunction.apply(
-        q_flat,
-        k_flat,
-        v_flat,
-        layout.query_ids,
-        layout.key_ids,
-        layout.query_slot,
-        layout.keep,
-        valid,
-        scale,
-        shared_qk,
-        dropout_p,
-        generator_state,
+        q_flat, k_flat, v_flat, layout, valid, scale, shared_qk, dropout_p, generator_state
     )
     return out.reshape(batch, heads, seq_len, v.shape[-1])
