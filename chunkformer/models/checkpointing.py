@@ -60,9 +60,16 @@ def lsh_state_contexts(
     return forward_context(), recompute_context()
 
 
+@torch.compiler.disable
+def _checkpoint_replaying_lsh(block: nn.Module, x: torch.Tensor, lsh_layers: list[LSHAttention]) -> torch.Tensor:
+    # Dynamo cannot trace a custom context_fn (NotImplementedError in torch 2.13), so under torch.compile
+    # these blocks run eagerly between compiled graphs; the rest of the model still compiles.
+    return checkpoint(block, x, use_reentrant=False, context_fn=lambda: lsh_state_contexts(lsh_layers))
+
+
 def checkpoint_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``block(x)`` under non-reentrant activation checkpointing, LSH generator states preserved."""
     lsh_layers = [module for module in block.modules() if isinstance(module, LSHAttention)]
     if not lsh_layers:
         return checkpoint(block, x, use_reentrant=False)
-    return checkpoint(block, x, use_reentrant=False, context_fn=lambda: lsh_state_contexts(lsh_layers))
+    return _checkpoint_replaying_lsh(block, x, lsh_layers)
