@@ -61,10 +61,22 @@ def _slot_major_ids(ids: torch.Tensor) -> torch.Tensor:
     return ids.reshape(groups, rounds * blocks, slots).transpose(1, 2)
 
 
-def _gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Rows of x (G, N, d) at ids (G, R, Q, S) -> (G, R * Q, S, d), slot-major in memory."""
+def _gather_tokens(x: torch.Tensor, ids: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None,
+                   name: str = "") -> torch.Tensor:
+    """Rows of x (G, N, d) at ids (G, R, Q, S) -> (G, R * Q, S, d), slot-major in memory.
+
+    With ``buffers``, the rows are written into ``buffers[name]`` (allocated on first use): the rounds
+    reuse one buffer instead of allocating, and page-faulting, a fresh one each.
+    """
     groups, seq_len, width = x.shape
-    rows = x.reshape(-1, width).index_select(0, _flat_rows(_slot_major_ids(ids), seq_len))
+    index = _flat_rows(_slot_major_ids(ids), seq_len)
+    flat = x.reshape(-1, width)
+    if buffers is None:
+        rows = flat.index_select(0, index)
+    else:
+        if name not in buffers:
+            buffers[name] = flat.new_empty(index.numel(), width)
+        rows = torch.index_select(flat, 0, index, out=buffers[name])
     return rows.reshape(groups, ids.shape[-1], -1, width).transpose(1, 2)
 
 
@@ -91,12 +103,20 @@ def _rows_of_tokens(blocks: torch.Tensor, query_slot: torch.Tensor) -> torch.Ten
     return flat.index_select(0, index.reshape(-1)).reshape(*query_slot.shape, *trailing)
 
 
-def _logit_bias(keep: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """0 where the pair is attended, -inf elsewhere: one round's (G, Q, bs, K) additive mask."""
+def _logit_bias(
+    keep: torch.Tensor | None, dtype: torch.dtype, buffers: dict[str, torch.Tensor] | None = None
+) -> torch.Tensor | None:
+    """0 where the pair is attended, -inf elsewhere: one round's (G, Q, bs, K) additive mask (written into
+    ``buffers["bias"]`` when given, reused across rounds)."""
     if keep is None:
         return None
     zero = torch.zeros((), dtype=dtype, device=keep.device)
-    return torch.where(keep, zero, torch.full((), float("-inf"), dtype=dtype, device=keep.device))
+    minus_inf = torch.full((), float("-inf"), dtype=dtype, device=keep.device)
+    if buffers is None:
+        return torch.where(keep, zero, minus_inf)
+    if "bias" not in buffers:
+        buffers["bias"] = torch.empty(keep.shape, dtype=dtype, device=keep.device)
+    return torch.where(keep, zero, minus_inf, out=buffers["bias"])
 
 
 def _use_flash(q: torch.Tensor, dropout_p: float) -> bool:
@@ -213,9 +233,11 @@ def _dropout_keep(
     return (torch.rand(shape, generator=generator, device=q_blocks.device) >= dropout_p).float()
 
 
-def _round_blocks(x: torch.Tensor, ids: torch.Tensor, round_index: int) -> torch.Tensor:
+def _round_blocks(
+    x: torch.Tensor, ids: torch.Tensor, round_index: int, buffers: dict[str, torch.Tensor], name: str
+) -> torch.Tensor:
     """One round's blocks: rows of x (G, N, d) at ids[:, round_index] -> (G, Q, S, d), slot-major."""
-    return _gather_tokens(x, ids[:, round_index : round_index + 1])
+    return _gather_tokens(x, ids[:, round_index : round_index + 1], buffers, name)
 
 
 class _LSHAttentionFunction(torch.autograd.Function):
@@ -243,14 +265,15 @@ class _LSHAttentionFunction(torch.autograd.Function):
         running_max = torch.full((groups, seq_len), float("-inf"), dtype=acc, device=q.device)
         weight_sum = torch.zeros(groups, seq_len, dtype=acc, device=q.device)
         weighted = torch.zeros(groups, seq_len, v.shape[-1], dtype=acc, device=q.device)
+        buffers: dict[str, torch.Tensor] = {}
         for round_index in range(layout.rounds_used):
             keep = layout.keep(round_index)
-            q_blocks = _round_blocks(q, layout.query_ids, round_index)
-            k_blocks = _round_blocks(k, layout.key_ids, round_index)
-            v_blocks = _round_blocks(v, layout.key_ids, round_index)
+            q_blocks = _round_blocks(q, layout.query_ids, round_index, buffers, "q")
+            k_blocks = _round_blocks(k, layout.key_ids, round_index, buffers, "k")
+            v_blocks = _round_blocks(v, layout.key_ids, round_index, buffers, "v")
             dropout_mask = _dropout_keep(keep, q_blocks, k_blocks, dropout_p, dropout_generator)
             out_blocks, lse_blocks = _block_forward(
-                q_blocks, k_blocks, v_blocks, _logit_bias(keep, q.dtype), scale, dropout_mask, dropout_p
+                q_blocks, k_blocks, v_blocks, _logit_bias(keep, q.dtype, buffers), scale, dropout_mask, dropout_p
             )
             lse_blocks = lse_blocks.to(acc)
             if keep is not None:
@@ -269,6 +292,8 @@ class _LSHAttentionFunction(torch.autograd.Function):
             weighted = weighted * old_scale[..., None] + new_weight[..., None] * rows
             weight_sum = weight_sum * old_scale + new_weight
             running_max = new_max
+            # Drop this round's temporaries before the next round allocates its own.
+            del keep, dropout_mask, out_blocks, lse_blocks, lse, rows
 
         no_key = torch.isneginf(running_max)
         # Dividing by the weight sum (not assuming it is 1) keeps rows whose logits are all tiny exact.
@@ -299,22 +324,23 @@ class _LSHAttentionFunction(torch.autograd.Function):
         grad_q = torch.zeros_like(q, dtype=torch.promote_types(q.dtype, torch.float32))
         grad_k = k.new_zeros(k.shape[0] * seq_len, k.shape[-1], dtype=grad_q.dtype)
         grad_v = v.new_zeros(v.shape[0] * seq_len, v.shape[-1], dtype=grad_q.dtype)
+        buffers: dict[str, torch.Tensor] = {}
         for round_index in range(layout.rounds_used):
             keep = layout.keep(round_index)
             query_ids = layout.query_ids[:, round_index : round_index + 1]
             key_ids = layout.key_ids[:, round_index : round_index + 1]
-            q_blocks = _gather_tokens(q, query_ids)
-            k_blocks = _gather_tokens(k, key_ids)
-            v_blocks = _gather_tokens(v, key_ids)
+            q_blocks = _gather_tokens(q, query_ids, buffers, "q")
+            k_blocks = _gather_tokens(k, key_ids, buffers, "k")
+            v_blocks = _gather_tokens(v, key_ids, buffers, "v")
             # Empty query slots read token 0's gradient: zero it so they add nothing.
-            grad_blocks = _gather_tokens(grad_attended, query_ids)
-            grad_blocks = grad_blocks.masked_fill((query_ids[:, 0] >= seq_len)[..., None], 0.0)
-            out_blocks = _gather_tokens(out, query_ids)
+            grad_blocks = _gather_tokens(grad_attended, query_ids, buffers, "grad")
+            grad_blocks.masked_fill_((query_ids[:, 0] >= seq_len)[..., None], 0.0)
+            out_blocks = _gather_tokens(out, query_ids, buffers, "out")
             lse_blocks = _gather_tokens(merged_lse[..., None], query_ids)[..., 0]
             dropout_mask = _dropout_keep(keep, q_blocks, k_blocks, ctx.dropout_p, dropout_generator)
             grad_q_blocks, grad_k_blocks, grad_v_blocks = _block_backward(
                 grad_blocks, q_blocks, k_blocks, v_blocks, out_blocks, lse_blocks,
-                _logit_bias(keep, q.dtype), ctx.scale, dropout_mask, ctx.dropout_p,
+                _logit_bias(keep, q.dtype, buffers), ctx.scale, dropout_mask, ctx.dropout_p,
             )
             # A token's query gradient is one row of this round: gather it, no scatter needed.
             slot = layout.query_slot[:, round_index : round_index + 1] - round_index * slots_per_round
@@ -325,6 +351,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
             width_k, width_v = grad_k_blocks.shape[-1], grad_v_blocks.shape[-1]
             grad_k.index_add_(0, flat, grad_k_blocks.transpose(1, 2).reshape(-1, width_k).to(grad_k.dtype))
             grad_v.index_add_(0, flat, grad_v_blocks.transpose(1, 2).reshape(-1, width_v).to(grad_v.dtype))
+            del keep, dropout_mask, grad_q_blocks, grad_k_blocks, grad_v_blocks, rows
         grad_k = grad_k.reshape(k.shape)
         grad_v = grad_v.reshape(v.shape) + torch.where(fallback[..., None], grad_out, 0.0)
         return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), None, None, None, None, None, None
