@@ -46,6 +46,7 @@ class DataConfig:
         motion_val_per_class: motion data: validation videos per class.
         motion_frames: motion data: frames per video.
         motion_size: motion data: frame side.
+        motion_variant: motion data: ``basic`` (8 classes) or ``hard`` (16 classes, moving distractors).
     """
 
     kind: Literal["motion", "list", "folders"] = "motion"
@@ -72,6 +73,7 @@ class DataConfig:
     motion_val_per_class: int = 16
     motion_frames: int = 16
     motion_size: int = 32
+    motion_variant: Literal["basic", "hard"] = "basic"
 
 
 @dataclass

@@ -25,7 +25,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from chunkformer.data import (
-    MOTION_FLIP_LABEL_MAP,
     ClassificationMetrics,
     ClipDataset,
     ClipSampler,
@@ -40,6 +39,7 @@ from chunkformer.data import (
     collate_views,
     default_motion_root,
     ensure_motion_dataset,
+    motion_flip_label_map,
     multiview_scores,
     read_class_folders,
     read_video_list,
@@ -164,10 +164,10 @@ def _import_models(config: TrainConfig) -> None:
 def _video_lists(config: TrainConfig, ctx: Dist) -> tuple[VideoList, VideoList]:
     data = config.data
     if data.kind == "motion":
-        root = Path(data.data_root) if data.data_root else default_motion_root()
+        root = Path(data.data_root) if data.data_root else default_motion_root(data.motion_variant)
         spec = MotionDatasetSpec(
             train_per_class=data.motion_train_per_class, val_per_class=data.motion_val_per_class,
-            frames=data.motion_frames, size=data.motion_size, seed=config.run.seed,
+            frames=data.motion_frames, size=data.motion_size, seed=config.run.seed, variant=data.motion_variant,
         )
         if ctx.main:
             started = time.monotonic()
@@ -435,7 +435,7 @@ def _train(config: TrainConfig, ctx: Dist, device: torch.device, started: float)
     if steps_per_epoch < 1:
         raise ValueError(f"{len(train_videos)} training videos do not fill one step of batch {global_batch}")
     total_steps = steps_per_epoch * optim.epochs
-    flip_map = MOTION_FLIP_LABEL_MAP if data.kind == "motion" else None
+    flip_map = motion_flip_label_map(data.motion_variant) if data.kind == "motion" else None
     dataset = ClipDataset(
         train_videos, _clip_sampler(config), TrainTransform(data.crop_size, tuple(data.scale), hflip=data.hflip),
         seed=config.run.seed, flip_label_map=flip_map, decode_time_limit=data.decode_time_limit,

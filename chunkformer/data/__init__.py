@@ -7,9 +7,12 @@ from chunkformer.data.evaluation import ClassificationMetrics, classification_me
 from chunkformer.data.motion import (
     MOTION_CLASSES,
     MOTION_FLIP_LABEL_MAP,
+    MOTION_VARIANTS,
     MotionDatasetSpec,
     default_motion_root,
     ensure_motion_dataset,
+    motion_classes,
+    motion_flip_label_map,
     render_motion_video,
 )
 from chunkformer.data.multiview_dataset import MultiViewDataset, collate_views
@@ -29,6 +32,7 @@ from chunkformer.data.video_list import (
 __all__ = [
     "MOTION_CLASSES",
     "MOTION_FLIP_LABEL_MAP",
+    "MOTION_VARIANTS",
     "ClassificationMetrics",
     "ClipDataset",
     "ClipSampler",
@@ -52,6 +56,8 @@ __all__ = [
     "decode_frames",
     "default_motion_root",
     "ensure_motion_dataset",
+    "motion_classes",
+    "motion_flip_label_map",
     "multiview_scores",
     "probe_video",
     "read_class_folders",

@@ -5,12 +5,18 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from chunkformer.data import (
     MOTION_CLASSES,
     MOTION_FLIP_LABEL_MAP,
+    MOTION_VARIANTS,
+    MotionDatasetSpec,
     decode_frames,
+    default_motion_root,
     ensure_motion_dataset,
+    motion_classes,
+    motion_flip_label_map,
     probe_video,
     read_video_list,
     render_motion_video,
@@ -57,3 +63,63 @@ def test_flip_map_swaps_left_and_right_only() -> None:
         name, other = MOTION_CLASSES[label], MOTION_CLASSES[flipped]
         expected = name.replace("right", "L").replace("left", "right").replace("L", "left")
         assert other == expected
+
+
+@pytest.mark.parametrize("variant", MOTION_VARIANTS)
+def test_every_variant_hides_the_class_in_single_frames(variant: str) -> None:
+    classes = motion_classes(variant)
+    for seed in range(3):
+        videos = [render_motion_video(c, np.random.default_rng(seed), 4, 32, variant) for c in range(len(classes))]
+        assert all(np.array_equal(videos[0][0], other[0]) for other in videos[1:])
+        assert len({video[3].tobytes() for video in videos}) == len(classes)
+
+
+def test_hard_variant_has_sixteen_motions_and_moving_distractors() -> None:
+    classes = motion_classes("hard")
+    assert len(classes) == 16 and len(set(classes)) == 16
+    assert motion_flip_label_map("hard")[classes.index("upright_fast")] == classes.index("upleft_fast")
+    # The distractors move: with the target's motion fixed, frames still change where the target is not.
+    rng = np.random.default_rng(1)
+    video = render_motion_video(classes.index("right_slow"), rng, 6, 32, "hard").astype(float)
+    dims = video.mean(axis=-1) < 180  # everything but the bright target (and some noise)
+    moving = np.abs(video[5] - video[0]).mean(axis=-1)[dims[0] & dims[5]]
+    assert (moving > 40).sum() > 10
+
+
+def test_unknown_variant_and_label_are_errors() -> None:
+    with pytest.raises(ValueError, match="variant must be one of"):
+        MotionDatasetSpec(variant="easy")
+    with pytest.raises(ValueError, match=r"label must be in \[0, 8\)"):
+        render_motion_video(8, np.random.default_rng(0))
+
+
+def test_variant_datasets_are_cached_apart(tmp_path: Path) -> None:
+    hard = MotionDatasetSpec(train_per_class=1, val_per_class=1, frames=4, size=16, variant="hard")
+    root = ensure_motion_dataset(tmp_path / "hard", hard)
+    assert (root / "classes.txt").read_text().split() == list(motion_classes("hard"))
+    assert len(read_video_list(root / "train.txt", classes=root / "classes.txt")) == 16
+    assert default_motion_root("hard") != default_motion_root()
+
+
+def test_a_dataset_finished_meanwhile_by_another_run_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import chunkformer.data.motion as motion
+
+    spec = MotionDatasetSpec(train_per_class=1, val_per_class=1, frames=4, size=16)
+    root = tmp_path / "motion"
+    other = root / "train" / "right_slow" / "0000.mp4"
+    write = motion._write_video
+    seen: list[tuple[int, int]] = []
+    started: list[bool] = []
+
+    def write_while_another_run_finishes(*args: object) -> None:
+        if not started:
+            started.append(True)
+            ensure_motion_dataset(root, spec)  # the "other run", done before this one's first file
+            seen.append((other.stat().st_ino, other.stat().st_mtime_ns))
+        write(*args)
+
+    monkeypatch.setattr(motion, "_write_video", write_while_another_run_finishes)
+    assert ensure_motion_dataset(root, spec) == root
+    # The other run's files were not deleted and replaced under its feet, and no temporary directory is left.
+    assert seen == [(other.stat().st_ino, other.stat().st_mtime_ns)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["motion"]

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+import ablations
+from chunkformer.models import create_model
+
+
+def test_variants_change_only_what_their_table_ablates() -> None:
+    reference = create_model("ablation_reference", num_classes=16, num_frames=8, img_size=32).config
+    assert reference.shift == 1 and reference.clip_depth == 4 and reference.stages[0].shifted_depth == 1
+    differs = {}
+    for name in ablations.VARIANTS:
+        config = create_model(f"ablation_{name}", num_classes=16, num_frames=8, img_size=32).config
+        differs[name] = {
+            key for key in vars(reference) if getattr(config, key) != getattr(reference, key)
+        }
+    assert differs == {
+        "reference": set(),
+        "standard_msa": {"shift"},
+        "shift_5": {"shift"},
+        "two_shifted": {"stages"},
+        "vit_patch8": {"patch_size", "stages"},
+        "vit_patch4": {"chunk_size"},
+        "clip_depth_2": {"clip_depth"},
+    }
+    # The ViT variants attend over the whole frame: one window covers the token grid of a 32 x 32 frame.
+    for name in ("vit_patch8", "vit_patch4"):
+        config = create_model(f"ablation_{name}", num_classes=16, num_frames=8, img_size=32).config
+        assert config.chunk_size == 32 // config.patch_size
+    assert reference.chunk_size < 32 // reference.patch_size
+
+
+def test_quick_study_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "study"
+    summary = ablations.main(
+        ["--quick", "--jobs", "2", "--out-dir", str(out), "--variants", "reference", "standard_msa", "vit_patch8"]
+    )
+    assert [row["variant"] for row in summary] == ["reference", "standard_msa", "vit_patch8"]
+    rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert sorted((row["variant"], row["seed"]) for row in rows) == [("reference", 0), ("standard_msa", 0), ("vit_patch8", 0)]
+    assert all(row["num_videos"] == 16 and 0.0 <= row["top1"] <= 1.0 for row in rows)
+    for row in summary:
+        assert row["params"] > 0 and row["macs"] > 0 and math.isnan(row["top1_std"])  # one seed: no spread
+    table = (out / "results.md").read_text()
+    assert table.count("\n") == 2 + 3 and "`vit_patch8`" in table
+    assert (out / "results.png").stat().st_size > 1000
+    # Finished runs are read back, not rerun: the log of a run is not rewritten.
+    stamp = (out / "reference" / "seed0" / "steps.csv").stat().st_mtime_ns
+    ablations.main(["--quick", "--out-dir", str(out), "--variants", "reference"])
+    assert (out / "reference" / "seed0" / "steps.csv").stat().st_mtime_ns == stamp
+    assert len((out / "runs.jsonl").read_text().splitlines()) == 3
+
+
+def test_summary_pairs_seeds_with_the_reference() -> None:
+    rows = [
+        {"variant": "reference", "seed": 0, "top1": 0.5, "seconds": 1.0},
+        {"variant": "reference", "seed": 1, "top1": 0.7, "seconds": 1.0},
+        {"variant": "standard_msa", "seed": 0, "top1": 0.4, "seconds": 3.0},
+        {"variant": "standard_msa", "seed": 1, "top1": 0.7, "seconds": 5.0},
+    ]
+    reference, standard = ablations.summarize(rows, ("reference", "standard_msa"))
+    assert reference["top1_mean"] == pytest.approx(0.6) and reference["top1_std"] == pytest.approx(0.1414, abs=1e-4)
+    assert math.isnan(reference["delta_mean"])
+    assert standard["delta_mean"] == pytest.approx(-0.05) and standard["delta_std"] == pytest.approx(0.0707, abs=1e-4)
+    assert standard["seconds"] == pytest.approx(4.0)
+
+
+def test_unknown_variant_is_an_error_naming_the_choices() -> None:
+    with pytest.raises(ValueError, match="unknown variants.*available: reference"):
+        ablations.AblationConfig(variants=("reference", "swin"))
