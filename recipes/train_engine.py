@@ -193,6 +193,12 @@ def _video_lists(config: TrainConfig, ctx: Dist) -> tuple[VideoList, VideoList]:
         if videos.dropped:
             log.warning(f"{path}: {len(videos.dropped)} invalid lines dropped")
         lists.append(videos)
+    if data.classes is None and lists[0].num_classes != lists[1].num_classes:
+        # Integer labels without a classes file: each list alone implies 1 + its largest label, and a split
+        # that lacks the top classes would give the model and the metrics a smaller label space.
+        shared = [str(i) for i in range(max(videos.num_classes for videos in lists))]
+        for videos in lists:
+            videos.classes = shared
     return lists[0], lists[1]
 
 
@@ -572,9 +578,13 @@ def _train(config: TrainConfig, ctx: Dist, device: torch.device, started: float)
         if bar:
             bar.close()
         del iterator, loader
-        all_failures = sorted({f for part in _gather(failures, ctx) for f in part})
-        for path, reason in all_failures:
-            log.warning(f"train: unreadable video skipped: {path} ({reason})")
+        # One entry per video: a video can fail more than once in an epoch (drawn again as a replacement),
+        # with other reasons (e.g. the time limit, then "still stuck").
+        all_failures: dict[str, list[str]] = {}
+        for path, reason in sorted({f for part in _gather(failures, ctx) for f in part}):
+            all_failures.setdefault(path, []).append(reason)
+        for path, reasons in all_failures.items():
+            log.warning(f"train: unreadable video skipped: {path} ({'; '.join(reasons)})")
         if stop and step_in_epoch < steps_per_epoch:
             break
         epoch += 1

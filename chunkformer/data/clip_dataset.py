@@ -57,7 +57,8 @@ class ClipDataset(Dataset):
         seed: base seed of all sample randomness.
         flip_label_map: label of a flipped clip, per label (for data whose classes mirror, e.g. motion to
             the left vs right); None keeps labels.
-        decode_time_limit: seconds per decode before the video counts as unreadable.
+        decode_time_limit: seconds the probe and the decode of a video may each take before it counts as
+            unreadable (a call hung inside FFmpeg is cut off too; see :mod:`chunkformer.data.video_io`).
         max_attempts: videos tried per sample before giving up.
 
     Shape:
@@ -92,7 +93,7 @@ class ClipDataset(Dataset):
         record = self.videos.records[index]
         info = self._info.get(index)
         if info is None:
-            info = self._info[index] = probe_video(record.path)
+            info = self._info[index] = probe_video(record.path, self.decode_time_limit)
         try:
             indices = self.sampler.train_indices(info.num_frames, generator, info.fps)
         except TooFewFramesError as error:

@@ -27,7 +27,8 @@ class MultiViewDataset(Dataset):
         sampler: frame indices of a clip.
         transform: the spatial crops.
         temporal_views: clips per video (paper: 4).
-        decode_time_limit: seconds per view decode before the video counts as unreadable.
+        decode_time_limit: seconds the probe and the decode of a video (all its views) may each take before
+            it counts as unreadable (a call hung inside FFmpeg is cut off too).
 
     Shape:
         - sample["views"]: (temporal_views * num_crops, C, T, crop, crop), temporal-major
@@ -58,7 +59,7 @@ class MultiViewDataset(Dataset):
         record = self.videos.records[index]
         sample: dict[str, Any] = {"index": index, "label": record.label, "path": record.path, "error": None}
         try:
-            info = probe_video(record.path)
+            info = probe_video(record.path, self.decode_time_limit)
             try:
                 clips = self.sampler.view_indices(info.num_frames, self.temporal_views, info.fps)
             except TooFewFramesError as error:

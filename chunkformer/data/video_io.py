@@ -3,16 +3,26 @@
 Every failure (missing file, no video stream, undecodable bytes, too few frames, a decode that runs past
 its time limit) is raised as :class:`VideoDecodeError` with the path and a short reason, so datasets can
 apply one policy to all of them.
+
+Time limits: with ``time_limit`` set, :func:`probe_video` and :func:`decode_frames` run in a helper thread
+and the caller waits at most ``time_limit`` seconds. This cuts off a call that hangs *inside* FFmpeg (a
+stalled network or FUSE read, a demuxer that never returns): PyAV releases the GIL around its blocking
+FFmpeg calls (open, read, seek, send/receive), so the caller gets control back and raises
+:class:`VideoDecodeError`. The stuck thread cannot be killed; it is abandoned (a daemon thread), and later
+calls on the same file fail at once while it is still stuck, so a file that hangs for good costs one thread
+per process. A decode that is slow but progressing also checks the limit after every frame and stops.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -44,6 +54,44 @@ class VideoInfo:
     fps: float
     height: int
     width: int
+
+
+_T = TypeVar("_T")
+# Files whose time-limited call was abandoned, with the thread still running it (per process).
+_STUCK: dict[str, threading.Thread] = {}
+
+
+def _with_time_limit(path: str | Path, time_limit: float | None, what: str, function: Callable[[], _T]) -> _T:
+    """``function()`` in a helper thread, waiting at most ``time_limit`` seconds (None: call it directly)."""
+    if time_limit is None:
+        return function()
+    key = str(path)
+    stuck = _STUCK.get(key)
+    if stuck is not None:
+        if stuck.is_alive():
+            raise VideoDecodeError(path, f"{what} took longer than the {time_limit:g}s limit (an earlier call is still stuck)")
+        del _STUCK[key]
+    outcome: dict[str, object] = {}
+    finished = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome["value"] = function()
+        except BaseException as error:  # handed to the caller below
+            outcome["error"] = error
+        finally:
+            finished.set()
+
+    thread = threading.Thread(target=run, name=f"chunkformer {what}: {key}", daemon=True)
+    thread.start()
+    if not finished.wait(time_limit):
+        _STUCK[key] = thread
+        raise VideoDecodeError(path, f"{what} took longer than the {time_limit:g}s limit")
+    if "error" in outcome:
+        error = outcome.pop("error")
+        assert isinstance(error, BaseException)
+        raise error
+    return outcome["value"]  # type: ignore[return-value]
 
 
 def _import_av():  # noqa: ANN202 - av's module type
@@ -79,12 +127,21 @@ def _fps(stream) -> float:  # noqa: ANN001 - av stream
     return float(rate) if rate else 0.0
 
 
-def probe_video(path: str | Path) -> VideoInfo:
+def probe_video(path: str | Path, time_limit: float | None = None) -> VideoInfo:
     """Frame count, frame rate and frame size of ``path``'s first video stream.
 
+    Args:
+        path: the video file.
+        time_limit: seconds the caller waits (see the module notes); None waits as long as it takes.
+
     Raises:
-        VideoDecodeError: when the file is missing, empty, not a video or has no frames.
+        VideoDecodeError: when the file is missing, empty, not a video, has no frames, or the probe runs
+            past ``time_limit``.
     """
+    return _with_time_limit(path, time_limit, "probe", lambda: _probe(path))
+
+
+def _probe(path: str | Path) -> VideoInfo:
     container, stream = _open(path)
     try:
         num_frames = int(stream.frames or 0)
@@ -131,9 +188,9 @@ def decode_frames(path: str | Path, indices: Sequence[int], time_limit: float | 
     Args:
         path: the video file.
         indices: frame indices; need not be sorted or unique.
-        time_limit: seconds; a decode still running after this raises :class:`VideoDecodeError` (checked
-            after each frame, so one FFmpeg call that itself hangs is not interrupted: run decoding in
-            DataLoader workers so the training process is never the one stuck).
+        time_limit: seconds the caller waits for the whole call (open, seek, decode) before it raises
+            :class:`VideoDecodeError`, also when FFmpeg itself hangs (see the module notes); None waits
+            as long as it takes.
 
     Returns:
         uint8 frames in ``indices`` order.
@@ -149,7 +206,13 @@ def decode_frames(path: str | Path, indices: Sequence[int], time_limit: float | 
     wanted = sorted(set(int(i) for i in indices))
     if wanted[0] < 0:
         raise ValueError(f"decode_frames: negative frame index {wanted[0]}")
-    start_clock = time.monotonic()
+    deadline = None if time_limit is None else time.monotonic() + time_limit
+    return _with_time_limit(path, time_limit, "decode", lambda: _decode(path, indices, wanted, deadline, time_limit))
+
+
+def _decode(
+    path: str | Path, indices: Sequence[int], wanted: list[int], deadline: float | None, time_limit: float | None
+) -> torch.Tensor:
     container, stream = _open(path)
     fps = _fps(stream)
     time_base = float(stream.time_base) if stream.time_base else 0.0
@@ -180,7 +243,8 @@ def decode_frames(path: str | Path, indices: Sequence[int], time_limit: float | 
                 elif rgb.shape[:2] != size:
                     raise VideoDecodeError(path, f"frame size changes mid-stream ({size} -> {rgb.shape[:2]})")
                 found[position] = rgb
-            if time_limit is not None and time.monotonic() - start_clock > time_limit:
+            # Stops a slow but progressing decode (in the abandoned thread, when the caller gave up).
+            if deadline is not None and time.monotonic() > deadline:
                 raise VideoDecodeError(path, f"decode took longer than the {time_limit:g}s limit")
             if position >= wanted[-1]:
                 break

@@ -1,0 +1,172 @@
+"""Mixed precision, gradient accumulation, gradient clipping, logs (CSV, TensorBoard, tqdm) and the decode
+time limit in a real training run, each on the tiny motion run of ``tiny_run.py`` (8 steps or fewer)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import select
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from chunkformer.data import read_video_list
+from tests.recipes.tiny_run import tiny_config
+from train_checkpoint import load_training_state
+from train_engine import Dist, _build_model, _progress, train
+
+# No momentum, no weight decay: the first step is exactly -lr x (clipped) gradient.
+_PLAIN_SGD = {"optim.optimizer": "sgd", "optim.lr": 0.05, "optim.momentum": 0.0, "optim.weight_decay": 0.0}
+
+# The columns docs/recipes.md documents.
+STEP_COLUMNS = ["step", "epoch", "loss", "lr", "data_wait_share", "clips_per_s"]
+EPOCH_COLUMNS = [
+    "epoch", "step", "train_loss", "val_top1", "val_top5", "val_mean_class", "val_videos", "val_unreadable",
+    "train_unreadable", "data_wait_share", "clips_per_s", "seconds",
+]
+
+
+def _rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with path.open() as file:
+        reader = csv.DictReader(file)
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
+
+
+def _weights_after_step_1(root: Path, out: str) -> dict[str, torch.Tensor]:
+    return load_training_state(root / out / "ckpt-00000001.pt")["model"]
+
+
+def test_bf16_autocast_on_cpu_trains_with_finite_loss(tmp_path: Path) -> None:
+    reference = train(tiny_config(tmp_path, "fp32", **{"optim.epochs": 1}))
+    result = train(tiny_config(tmp_path, "bf16", **{"optim.epochs": 1, "run.amp": "bf16"}))
+    assert len(result.step_losses) == 4 and all(math.isfinite(x) for x in result.step_losses)
+    assert result.metrics is not None and result.metrics.num_videos == 8
+    assert "amp torch.bfloat16" in (tmp_path / "bf16" / "train.log").read_text()
+    # Autocast really ran in bf16 (8 mantissa bits): same data and init, but not the fp32 numbers.
+    assert result.step_losses != reference.step_losses
+    assert result.step_losses == pytest.approx(reference.step_losses, abs=0.05)
+
+
+def test_accumulation_gives_the_same_first_step_as_one_big_batch(tmp_path: Path) -> None:
+    once = train(tiny_config(tmp_path, "batch4", **_PLAIN_SGD, **{"run.max_steps": 1}))
+    twice = train(tiny_config(tmp_path, "accum2", **_PLAIN_SGD, **{"run.max_steps": 1, "optim.accum_steps": 2}))
+    assert twice.step_losses == pytest.approx(once.step_losses, rel=1e-6)
+    a, b = _weights_after_step_1(tmp_path, "batch4"), _weights_after_step_1(tmp_path, "accum2")
+    config = tiny_config(tmp_path, "x")
+    torch.manual_seed(config.run.seed)
+    initial = _build_model(config, 8).state_dict()
+    moved = max((a[k] - initial[k]).abs().max().item() for k in a)
+    assert moved > 1e-4  # the step did something, far above the tolerance below
+    # Float32 sums in another order (2 micro-batch gradients of 2 clips vs one of 4): ~1e-8 here.
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+def test_gradient_clipping_bounds_the_first_step(tmp_path: Path) -> None:
+    clip = 1e-3
+    clipped = train(tiny_config(tmp_path, "clipped", **_PLAIN_SGD, **{"run.max_steps": 1, "optim.grad_clip": clip}))
+    free = train(tiny_config(tmp_path, "free", **_PLAIN_SGD, **{"run.max_steps": 1, "optim.grad_clip": 0.0}))
+    assert clipped.step_losses == free.step_losses  # same forward pass
+    config = tiny_config(tmp_path, "x")
+    torch.manual_seed(config.run.seed)
+    initial = _build_model(config, 8).state_dict()
+
+    def step_norm(out: str) -> float:
+        after = _weights_after_step_1(tmp_path, out)
+        return math.sqrt(sum(((after[k] - initial[k]).double() ** 2).sum().item() for k in after))
+
+    lr = float(_rows(tmp_path / "clipped" / "steps.csv")[1][0]["lr"])
+    # Plain SGD moves by lr x gradient; clipped to norm `clip`, the step's norm is lr x clip.
+    assert step_norm("clipped") == pytest.approx(lr * clip, rel=1e-3)
+    assert step_norm("free") > 10 * lr * clip  # unclipped, the gradient norm is far above the bound
+
+
+def test_csv_and_tensorboard_logs_have_the_documented_columns(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = train(tiny_config(tmp_path, "run", **{"run.eval_every": 1}))
+    fields, steps = _rows(tmp_path / "run" / "steps.csv")
+    assert fields == STEP_COLUMNS
+    assert [int(r["step"]) for r in steps] == list(range(1, 9))
+    assert [float(r["loss"]) for r in steps] == pytest.approx(result.step_losses)
+    assert all(0 <= float(r["data_wait_share"]) <= 1 and float(r["clips_per_s"]) > 0 for r in steps)
+    fields, epochs = _rows(tmp_path / "run" / "epochs.csv")
+    assert fields == EPOCH_COLUMNS
+    assert [(r["epoch"], r["step"], r["val_videos"], r["val_unreadable"], r["train_unreadable"]) for r in epochs] == [
+        ("1", "4", "8", "0", "0"), ("2", "8", "8", "0", "0"),
+    ]
+    events = list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    accumulator = EventAccumulator(str(events[0]))
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/data_wait_share", "train/clips_per_s", "epoch/train_loss",
+            "epoch/val_top1", "epoch/val_top5", "epoch/val_mean_class"} <= tags
+    losses = accumulator.Scalars("train/loss")
+    assert [e.step for e in losses] == list(range(1, 9))
+    assert [e.value for e in losses] == pytest.approx(result.step_losses, rel=1e-6)
+    assert [e.step for e in accumulator.Scalars("epoch/val_top1")] == [4, 8]
+
+
+class _FakeTTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bars_only_on_rank_0_and_a_tty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capfd: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("tqdm")
+    for stream, ctx, shown in ((_FakeTTY(), Dist(), True), (_FakeTTY(), Dist(1, 2), False), (io.StringIO(), Dist(), False)):
+        monkeypatch.setattr("sys.stderr", stream)
+        bar = _progress(3, "epoch 1/1", ctx)
+        bar.update()
+        bar.close()
+        assert ("epoch 1/1" in stream.getvalue()) is shown
+    monkeypatch.undo()
+    # A whole run with stderr not a terminal writes no bar at all.
+    train(tiny_config(tmp_path, "run"))
+    out, err = capfd.readouterr()
+    assert "it/s" not in err and "\r" not in err and "epoch 1/2:" not in err
+    assert "final multi-view validation" in out  # the log lines still go to stdout
+
+
+@pytest.fixture
+def hang_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[str]]:
+    """Opening a path added to the returned set blocks in a syscall (as FFmpeg on a stalled network read)
+    until teardown, or at most 20 s so that a broken time limit fails the test instead of hanging it."""
+    av = pytest.importorskip("av")
+    paths: set[str] = set()
+    read_end, write_end = os.pipe()
+    real_open = av.open
+
+    def open_that_hangs(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if str(path) in paths:
+            select.select([read_end], [], [], 20.0)
+            raise OSError("the simulated hang ended")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(av, "open", open_that_hangs)
+    try:
+        yield paths
+    finally:
+        os.close(write_end)
+        os.close(read_end)
+
+
+def test_a_hung_training_video_is_skipped_and_logged(tmp_path: Path, hang_on: set[str]) -> None:
+    train(tiny_config(tmp_path, "warm", **{"optim.epochs": 1, "run.max_steps": 1}))  # generates the data
+    hung = read_video_list(tmp_path / "motion" / "train.txt").records[5].path
+    hang_on.add(hung)
+    result = train(tiny_config(tmp_path, "run", **{"data.decode_time_limit": 0.5}))
+    assert len(result.step_losses) == 8 and result.seconds < 30
+    # Each epoch samples every training video once: the hung one is tried, cut off and counted each time
+    # (in epoch 2 at once, while the epoch-1 call is still stuck).
+    assert [r["train_unreadable"] for r in _rows(tmp_path / "run" / "epochs.csv")[1]] == ["1", "1"]
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert f"train: unreadable video skipped: {hung} (probe took longer than the 0.5s limit" in log
+    assert result.metrics is not None and result.metrics.num_videos == 8  # validation files do not hang
