@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+import numpy as np
+
 from chunkformer.data import (
     ClipDataset,
     ClipSampler,
@@ -17,6 +19,40 @@ from chunkformer.data import (
     collate_views,
     read_video_list,
 )
+
+
+def _write_odd_size(path: Path, width: int, height: int) -> None:
+    """A lossless video whose sides are odd or tiny (4:4:4, so no even-size requirement)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=8)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv444p"
+        for frame in range(12):
+            image = np.full((height, width, 3), 20 * frame, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _write_audio_only(path: Path) -> None:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        stream.layout = "mono"
+        for index in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, index * 1024
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+ODD_SIZES = {"odd_17x11.mkv": (17, 11), "tiny_3x2.mkv": (3, 2), "tall_9x41.mkv": (9, 41)}
+UNREADABLE = {"empty.mp4", "random.mp4", "text.mp4", "deleted.mp4", "audio_only.m4a"}
 
 
 @pytest.fixture
@@ -32,10 +68,14 @@ def corpus(motion_root: Path, tmp_path: Path) -> VideoList:
     for name, data in bad.items():
         (tmp_path / name).write_bytes(data)
     shutil.copy(good[1].path, tmp_path / "wrong_extension.avi")
+    _write_audio_only(tmp_path / "audio_only.m4a")
+    for name, (width, height) in ODD_SIZES.items():
+        _write_odd_size(tmp_path / name, width, height)
     records = list(good) + [VideoRecord(str(tmp_path / n), 0) for n in bad] + [
         VideoRecord(str(tmp_path / "wrong_extension.avi"), good[1].label),
         VideoRecord(str(tmp_path / "deleted.mp4"), 0),
-    ]
+        VideoRecord(str(tmp_path / "audio_only.m4a"), 0),
+    ] + [VideoRecord(str(tmp_path / name), 0) for name in ODD_SIZES]
     return VideoList(records, [str(i) for i in range(8)])
 
 
@@ -45,11 +85,15 @@ def test_training_skips_unreadable_videos_and_names_them(corpus: VideoList) -> N
     for index in range(len(corpus)):
         sample = dataset[(index, 0)]
         assert sample["video"].shape == (3, 4, 16, 16)
-        assert Path(corpus.records[sample["index"]].path).name not in {"empty.mp4", "random.mp4", "text.mp4", "deleted.mp4"}
+        assert Path(corpus.records[sample["index"]].path).name not in UNREADABLE
         failures += sample["failures"]
+        if Path(corpus.records[index].path).name in ODD_SIZES:
+            assert sample["index"] == index  # odd and tiny frame sizes are read and resized, not skipped
     named = {Path(f.path).name for f in failures}
-    assert {"empty.mp4", "random.mp4", "text.mp4", "deleted.mp4"} <= named
+    assert UNREADABLE <= named
+    assert "no video stream" in next(f.reason for f in failures if f.path.endswith("audio_only.m4a"))
     assert "wrong_extension.avi" not in named  # the container is probed, not the extension
+    assert not set(ODD_SIZES) & named
 
 
 def test_too_few_frames_is_unreadable_in_training(corpus: VideoList) -> None:
@@ -63,6 +107,6 @@ def test_evaluation_never_substitutes(corpus: VideoList) -> None:
     batch = collate_views([dataset[i] for i in range(len(corpus))])
     assert batch["views"].shape[:2] == (len(batch["index"]), 6)  # 2 temporal x 3 spatial views
     failed = {Path(path).name for _, path, _ in batch["failures"]}
-    assert {"empty.mp4", "random.mp4", "text.mp4", "deleted.mp4"} <= failed
+    assert UNREADABLE <= failed and not set(ODD_SIZES) & failed
     kept = [Path(corpus.records[i].path).name for i in batch["index"].tolist()]
     assert not set(kept) & failed and len(kept) + len(failed) == len(corpus)
