@@ -6,10 +6,10 @@ under every class: a model must compare frames to beat chance. Two variants:
 
 - ``basic`` (the default run): direction (right, left, down, up) x speed (slow 1, fast 3 pixels per frame
   at 32 x 32), 8 classes, one static distractor.
-- ``hard`` (the ablation study, ``recipes/ablations.py``): eight directions (the four diagonals too) x
-  speed (slow 1, fast 2), 16 classes; the target is the brightest shape, and two dimmer distractors move
-  with velocities drawn from the same 16 motions, so the motion of "a shape" says nothing: a model must
-  follow the target from frame to frame. More noise, smaller shapes.
+- ``hard`` (``recipes/ablations.py --data hard``): eight directions (the four diagonals too) x speed
+  (slow 1, fast 3), 16 classes; the target is the brightest shape, and a dimmer distractor moves with a
+  velocity drawn from the same 16 motions, so the motion of "a shape" says little: a model must follow
+  the target from frame to frame. More noise, smaller shapes.
 
 Horizontal flip mirrors "right" and "left": the dataset's :data:`MOTION_FLIP_LABEL_MAP` remaps the label of
 a flipped clip (right <-> left, same speed), so flip augmentation stays on and labels stay right.
@@ -150,7 +150,7 @@ def render_motion_video(
     shape = ("square", "disc")[int(rng.integers(2))]
     side = float(rng.integers(size // 6, (size // 5 if hard else size // 4) + 1))
     top, left = rng.uniform(0, size, 2)
-    # (mask at frame t, colour) per distractor; drawn before the target, which stays on top.
+    # One moving distractor (hard) or one static one (basic), drawn before the target, which stays on top.
     distractors = []
     if hard:
         names = [name.split("_") for name in classes]
