@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import statistics
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -192,6 +193,18 @@ def _run_one(study: AblationConfig, name: str, seed: int) -> dict[str, Any]:
     }
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Pool initializer: end this worker when the study process is gone (killed, not interrupted), instead
+    of training on as an orphan that still writes into the study's run directories."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(2.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _prepare_data(study: AblationConfig, seed: int) -> None:
     # Generated once per seed before runs start, so parallel runs never generate the same dataset twice.
     config = train_config(study, VARIANTS[study.variants[0]], seed)
@@ -224,7 +237,9 @@ def run_study(study: AblationConfig) -> list[dict[str, Any]]:
     else:
         # Spawned, not forked: each run starts from a clean interpreter (threads, RNG, registry).
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(study.jobs, mp_context=context) as pool:
+        with ProcessPoolExecutor(
+            study.jobs, mp_context=context, initializer=_exit_with_parent, initargs=(os.getpid(),)
+        ) as pool:
             futures = [pool.submit(_run_one, study, name, seed) for name, seed in todo]
             for future in as_completed(futures):
                 record(future.result())

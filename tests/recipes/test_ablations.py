@@ -81,3 +81,42 @@ def test_summary_pairs_seeds_with_the_reference() -> None:
 def test_unknown_variant_is_an_error_naming_the_choices() -> None:
     with pytest.raises(ValueError, match="unknown variants.*available: reference"):
         ablations.AblationConfig(variants=("reference", "swin"))
+
+
+def test_pool_workers_end_when_the_study_process_is_killed(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # A parent that starts one pool worker with the study's initializer, prints the worker's pid, and sleeps.
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import multiprocessing, os, sys, time\n"
+        f"sys.path.insert(0, {str(Path(ablations.__file__).parent)!r})\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "import ablations\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'),\n"
+        "                               initializer=ablations._exit_with_parent, initargs=(os.getpid(),))\n"
+        "    print(pool.submit(os.getpid).result(), flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(parent.stdout.readline())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            os.kill(worker, signal.SIGKILL)
+            pytest.fail("the pool worker outlived its killed parent by 30 s")
+    finally:
+        parent.kill()
