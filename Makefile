@@ -25,7 +25,7 @@ install: $(STAMP)
 
 # The main job: recipes/train_kinetics.py on its built-in synthetic motion videos (generated once, cached).
 train: $(VIDEO_STAMP)
-	$(PY) recipes/train_kinetics.py
+	$(PY) recipes/train_kinetics.py --run.overwrite
 
 # A tiny video transformer assembled from the layers, trained on in-memory clips (the layers guide's example).
 example: $(STAMP)

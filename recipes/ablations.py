@@ -168,6 +168,8 @@ def train_config(study: AblationConfig, variant: Variant, seed: int) -> TrainCon
     config.run.out_dir = str(out / variant.name / f"seed{seed}")
     config.run.eval_every = study.epochs
     config.run.keep_last = 1
+    # A run missing from runs.jsonl did not finish (the study was stopped): start it again from scratch.
+    config.run.overwrite = True
     if study.quick:
         config.optim.batch_size = 8
         config.data.temporal_views = config.data.spatial_crops = 1

@@ -144,6 +144,8 @@ class RunConfig:
             models on a shared CPU.
         resume: continue from the newest checkpoint in ``out_dir``.
         resume_from: continue from this checkpoint file.
+        overwrite: start a fresh run in an ``out_dir`` that holds an earlier run, deleting its checkpoints
+            and weights and restarting its logs (without it, such an ``out_dir`` is an error).
         eval_only: evaluate ``checkpoint`` (or the newest one in ``out_dir``) and exit.
         checkpoint: the checkpoint ``eval_only`` evaluates (a training checkpoint or model weights).
         keep_last: newest training checkpoints kept (``best.pt`` is kept besides).
@@ -162,6 +164,7 @@ class RunConfig:
     threads: int = 0
     resume: bool = False
     resume_from: str | None = None
+    overwrite: bool = False
     eval_only: bool = False
     checkpoint: str | None = None
     keep_last: int = 2

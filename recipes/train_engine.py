@@ -403,8 +403,32 @@ def train(config: TrainConfig) -> RunResult:
             dist.destroy_process_group()
 
 
+_RUN_FILES = ("best.pt", "model.safetensors", "steps.csv", "epochs.csv")
+
+
+def _claim_out_dir(config: TrainConfig, out_dir: Path) -> None:
+    """A fresh run must not mix with, prune or overwrite an earlier run's checkpoints and logs: refuse an
+    ``out_dir`` that holds one, unless asked to resume it or to replace it (``run.overwrite``)."""
+    if config.run.eval_only or config.run.resume or config.run.resume_from:
+        return
+    found = list_checkpoints(out_dir) + [out_dir / name for name in _RUN_FILES if (out_dir / name).exists()]
+    if not found:
+        return
+    if not config.run.overwrite:
+        names = ", ".join(sorted(path.name for path in found))
+        raise FileExistsError(
+            f"{out_dir} already holds a training run ({names}); pass --run.resume to continue it, "
+            "--run.overwrite to replace it, or choose another --run.out-dir"
+        )
+    for path in found:
+        if path.suffix in (".pt", ".safetensors"):
+            path.unlink(missing_ok=True)
+
+
 def _train(config: TrainConfig, ctx: Dist, device: torch.device, started: float) -> RunResult:
     out_dir = Path(config.run.out_dir)
+    if ctx.main:
+        _claim_out_dir(config, out_dir)
     _setup_logging(out_dir, ctx)
     if config.run.threads:
         torch.set_num_threads(config.run.threads)

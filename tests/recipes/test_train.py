@@ -108,3 +108,25 @@ def test_default_motion_run_learns_well_above_chance(tmp_path: Path) -> None:
     result = train(config)
     assert result.metrics is not None and result.metrics.num_videos == 128
     assert result.metrics.top1 >= 0.8, result.metrics.summary()
+
+
+def test_a_fresh_run_never_mixes_with_an_earlier_one(tmp_path: Path) -> None:
+    longer = _config(tmp_path, "run")
+    longer.optim.epochs = 3  # checkpoints at steps 8 and 12 remain (keep_last 2)
+    out = train(longer).out_dir
+    before = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+    assert {"ckpt-00000008.pt", "ckpt-00000012.pt", "best.pt", "steps.csv"} <= set(before)
+    with pytest.raises(FileExistsError, match=r"already holds a training run \(.*ckpt-.*\).*--run.resume.*--run.overwrite"):
+        train(_config(tmp_path, "run"))
+    # Refused before anything was touched (train.log aside, which only gains lines).
+    after = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+    assert {name: data for name, data in after.items() if name != "train.log"} == {
+        name: data for name, data in before.items() if name != "train.log"
+    }
+    # With overwrite, a shorter run replaces it: the earlier run's later checkpoints do not survive (they
+    # would outrank the new ones in pruning and in --run.resume).
+    shorter = _config(tmp_path, "run", overwrite=True, keep_last=5)
+    shorter.optim.epochs = 1
+    result = train(shorter)
+    assert sorted(path.name for path in out.glob("ckpt-*.pt")) == ["ckpt-00000004.pt"]
+    assert len(result.step_losses) == 4 and _losses(out) == pytest.approx(result.step_losses)
