@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.recipes.tiny_run import tiny_config
 from train_checkpoint import atomic_save, load_training_state
 from train_config import preset
 from train_engine import train
@@ -16,18 +17,7 @@ from train_kinetics import parse
 
 
 def _config(tmp_path: Path, out: str, **run: object):
-    config = preset("motion")
-    config.data.data_root = str(tmp_path / "motion")
-    config.data.motion_train_per_class, config.data.motion_val_per_class = 2, 1
-    config.data.motion_frames, config.data.motion_size = 10, 16
-    config.data.crop_size, config.data.num_frames = 16, 4
-    config.data.num_workers, config.data.temporal_views, config.data.spatial_crops = 0, 2, 1
-    config.model.import_module = "sct_tiny"
-    config.optim.epochs, config.optim.batch_size = 2, 4
-    config.run.out_dir = str(tmp_path / out)
-    for key, value in run.items():
-        setattr(config.run, key, value)
-    return config
+    return tiny_config(tmp_path, out, **{f"run.{name}": value for name, value in run.items()})
 
 
 def _losses(out_dir: Path) -> list[float]:
