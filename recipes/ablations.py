@@ -10,8 +10,9 @@ is shared by all variants, so each seed is a paired comparison.
     python recipes/ablations.py --quick               # one seed, tiny data, one epoch: a smoke test
     python recipes/ablations.py --variants reference standard_msa --seeds 5
 
-Results go to ``--out-dir`` (default ``runs/ablations``): ``runs.jsonl`` (one line per finished run; a
-rerun skips runs already there, so an interrupted study continues), ``results.md`` and ``results.png``.
+Results go to ``--out-dir`` (default ``runs/ablations``): ``runs.jsonl`` (one line per finished run with
+its settings; a rerun with the same settings skips runs already there, so an interrupted study continues),
+``results.md`` and ``results.png``.
 See docs/ablations.md for the measured study.
 """
 
@@ -176,11 +177,26 @@ def train_config(study: AblationConfig, variant: Variant, seed: int) -> TrainCon
     return config
 
 
-def _done(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
+def _settings(study: AblationConfig) -> dict[str, Any]:
+    """What a finished run's result depends on besides variant and seed (recorded in each row)."""
+    return {
+        "data": study.data, "epochs": study.epochs, "lr": study.lr,
+        "train_per_class": study.train_per_class, "val_per_class": study.val_per_class,
+    }
+
+
+def _done(path: Path, study: AblationConfig) -> dict[tuple[str, int], dict[str, Any]]:
+    """Finished runs of ``runs.jsonl`` with this study's settings (rows of other settings are kept in the
+    file but neither reused nor summarised)."""
     if not path.is_file():
         return {}
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {(row["variant"], row["seed"]): row for row in rows}
+    wanted = _settings(study)
+    return {
+        (row["variant"], row["seed"]): row
+        for row in rows
+        if all(row.get(key) == value for key, value in wanted.items())
+    }
 
 
 def _run_one(study: AblationConfig, name: str, seed: int) -> dict[str, Any]:
@@ -191,7 +207,7 @@ def _run_one(study: AblationConfig, name: str, seed: int) -> dict[str, Any]:
     return {
         "variant": name, "seed": seed, "top1": result.metrics.top1, "top5": result.metrics.top5,
         "mean_class": result.metrics.mean_class, "num_videos": result.metrics.num_videos,
-        "epochs": study.epochs, "train_per_class": study.train_per_class, "seconds": time.monotonic() - started,
+        **_settings(study), "seconds": time.monotonic() - started,
     }
 
 
@@ -222,7 +238,7 @@ def run_study(study: AblationConfig) -> list[dict[str, Any]]:
     out = Path(study.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "runs.jsonl"
-    done = _done(results)
+    done = _done(results, study)
     todo = [(name, seed) for seed in range(study.seeds) for name in study.variants if (name, seed) not in done]
     for seed in sorted({seed for _, seed in todo}):
         _prepare_data(study, seed)

@@ -54,6 +54,13 @@ def test_quick_study_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     ablations.main(["--quick", "--out-dir", str(out), "--variants", "reference"])
     assert (out / "reference" / "seed0" / "steps.csv").stat().st_mtime_ns == stamp
     assert len((out / "runs.jsonl").read_text().splitlines()) == 3
+    # Runs with other settings are not reused: another learning rate trains again, and its summary holds
+    # only its own runs.
+    (again,) = ablations.main(["--quick", "--out-dir", str(out), "--variants", "reference", "--lr", "5e-4"])
+    assert (out / "reference" / "seed0" / "steps.csv").stat().st_mtime_ns != stamp
+    rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert [row["lr"] for row in rows] == [1e-3, 1e-3, 1e-3, 5e-4]
+    assert again["per_seed"] == [rows[-1]["top1"]]
 
 
 def test_quick_study_on_the_hard_data(tmp_path: Path) -> None:
