@@ -23,7 +23,9 @@ values are the inputs themselves (v = qk), since HF's layer can only attend its 
 
 Usage::
 
-    python benchmarks/lsh_attention.py --lengths 1024 4096 16384 65536 --hashes 1 4 --markdown-out out.md
+    python benchmarks/lsh_attention.py --lengths 1024 4096 16384 65536 --hashes 1 4 --markdown-out out.md \
+        --plot-out out.png
+    python benchmarks/lsh_attention.py --plot-from out.md --plot-out out.png   # re-plot a saved table
 """
 
 from __future__ import annotations
@@ -170,6 +172,56 @@ def _flops(length: int, n_hashes: int) -> tuple[float, float]:
     return forward, 2 * forward
 
 
+def rows_from_markdown(path: str) -> list[dict]:
+    """The measured rows of a table this script wrote (``--markdown-out``, or pasted in a docs page)."""
+    rows = []
+    for line in open(path).read().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 9 or not cells[0].isdigit() or cells[3].startswith("failed"):
+            continue
+        rows.append({
+            "impl": cells[2], "length": int(cells[0]), "n_hashes": int(cells[1]), "forward_s": float(cells[3]),
+            "fwd_bwd_s": float(cells[4]), "peak_mb": float(cells[6]),
+        })
+    return rows
+
+
+def plot(rows: list[dict], path: str, title: str = "") -> None:
+    """Forward+backward time and peak memory against length, one line per implementation and n_hashes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (time_axes, memory_axes) = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = {1: "--", 4: "-"}
+    for impl in IMPLEMENTATIONS:
+        for n_hashes in sorted({row["n_hashes"] for row in rows}):
+            cell = sorted((r for r in rows if r["impl"] == impl and r["n_hashes"] == n_hashes and "failed" not in r),
+                          key=lambda r: r["length"])
+            if not cell:
+                continue
+            label = impl if impl == "sdpa-full" else f"{impl}, {n_hashes} round{'s' if n_hashes > 1 else ''}"
+            lengths = [r["length"] for r in cell]
+            style = dict(marker="o", linestyle=styles.get(n_hashes, ":"), label=label,
+                         color={"chunkformer": "tab:blue", "reformer-pytorch": "tab:orange",
+                                "hf-reformer": "tab:green", "sdpa-full": "tab:gray"}[impl])
+            time_axes.plot(lengths, [r["fwd_bwd_s"] for r in cell], **style)
+            memory_axes.plot(lengths, [r["peak_mb"] for r in cell], **style)
+    for axes, ylabel in ((time_axes, "forward + backward (s)"), (memory_axes, "peak memory (MB)")):
+        axes.set_xscale("log", base=2)
+        axes.set_yscale("log")
+        axes.set_xlabel("sequence length L")
+        axes.set_ylabel(ylabel)
+        axes.grid(alpha=0.3, which="both")
+    time_axes.legend(fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
@@ -180,8 +232,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=int, default=900, help="seconds per cell")
     parser.add_argument("--markdown-out", default=None)
     parser.add_argument("--json-out", default=None)
+    parser.add_argument("--plot-out", default=None, help="also draw time and memory against L (PNG)")
+    parser.add_argument("--plot-from", default=None, help="only re-plot the rows of a table this script wrote")
     parser.add_argument("--cell", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+
+    if args.plot_from:
+        if not args.plot_out:
+            parser.error("--plot-from needs --plot-out")
+        title = f"LSH attention, batch 1, {HEADS} heads, d {HEAD_DIM}, bucket {BUCKET}, fp32 (rows of {args.plot_from})"
+        plot(rows_from_markdown(args.plot_from), args.plot_out, title=title)
+        return
 
     if args.cell:
         impl, length, n_hashes = args.cell.split(":")
@@ -238,6 +299,8 @@ def main(argv: list[str] | None = None) -> None:
                     f"{ratio} | {row['peak_mb']:.0f} | {share_text} | {error} |"
                 )
     write_outputs("\n".join(lines), args.markdown_out, args.json_out, {"peak_gflops": peak, "rows": rows})
+    if args.plot_out:
+        plot(rows, args.plot_out, title=lines[0])
 
 
 if __name__ == "__main__":
