@@ -143,7 +143,7 @@ class AblationConfig:
     quick: bool = False
     threads: int = 1
     num_workers: int = 1
-    jobs: int = 1
+    jobs: int = 2
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.variants if name not in VARIANTS]
@@ -325,18 +325,25 @@ def plot(summary: list[dict[str, Any]], path: Path, data: str = "basic") -> None
     import matplotlib.pyplot as plt
 
     colours = {"4, 5, 8": "black", "4": "tab:blue", "5": "tab:orange", "8": "tab:green"}
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure, axes = plt.subplots(figsize=(8, 4.8))
+    span = max(row["macs"] for row in summary) / 1e6 - min(row["macs"] for row in summary) / 1e6 or 1.0
+    placed: list[float] = []
     for row in summary:
         std = 0.0 if math.isnan(row["top1_std"]) else 100 * row["top1_std"]
+        # Variants with (nearly) equal MACs are spread sideways so their error bars stay apart.
+        macs = row["macs"] / 1e6
+        neighbours = sum(abs(macs - other) < 0.02 * span for other in placed)
+        placed.append(macs)
+        x = macs + 0.025 * span * neighbours
         axes.errorbar(
-            row["macs"] / 1e6, 100 * row["top1_mean"], yerr=std, fmt="o", capsize=4,
+            x, 100 * row["top1_mean"], yerr=std, fmt="o", capsize=4,
             color=colours.get(row["table"], "tab:gray"), label=f"Table {row['table']}",
         )
-        axes.annotate(row["variant"], (row["macs"] / 1e6, 100 * row["top1_mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        axes.annotate(row["variant"], (x, 100 * row["top1_mean"]), textcoords="offset points", xytext=(6, -3 - 10 * neighbours), fontsize=8)
     handles, labels = axes.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     axes.legend(unique.values(), unique.keys(), fontsize=8)
-    axes.set_xlabel("MMACs per 8 x 32 x 32 clip")
+    axes.set_xlabel("MMACs per 8 x 32 x 32 clip (equal-MAC variants spread sideways)")
     axes.set_ylabel("multi-view top-1 (%), mean ± std over seeds")
     classes = len(motion_classes(data))
     axes.set_title(f"sct_tiny ablations on the {data} motion data ({classes} classes, chance {100 / classes:.1f}%)")

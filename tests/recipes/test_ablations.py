@@ -64,7 +64,7 @@ def test_quick_study_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
 
 
 def test_quick_study_on_the_hard_data(tmp_path: Path) -> None:
-    (row,) = ablations.main(["--quick", "--data", "hard", "--out-dir", str(tmp_path), "--variants", "reference"])
+    (row,) = ablations.main(["--quick", "--jobs", "1", "--data", "hard", "--out-dir", str(tmp_path), "--variants", "reference"])
     assert row["variant"] == "reference"
     (run,) = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
     assert run["num_videos"] == 16  # 16 classes x 1 video
