@@ -319,7 +319,10 @@ def markdown(summary: list[dict[str, Any]]) -> str:
 
 def plot(summary: list[dict[str, Any]], path: Path, data: str = "basic") -> None:
     """Top-1 (mean ± std over seeds) against MACs, one point per variant."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ImportError("results.png needs matplotlib: pip install 'chunkformer[viz]'") from error
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
