@@ -150,31 +150,30 @@ def render_motion_video(
     shape = ("square", "disc")[int(rng.integers(2))]
     side = float(rng.integers(size // 6, (size // 5 if hard else size // 4) + 1))
     top, left = rng.uniform(0, size, 2)
-    # One moving distractor (hard) or one static one (basic), drawn before the target, which stays on top.
-    distractors = []
+    # One distractor, drawn before the target (which stays on top): static (basic), or moving with one of
+    # the class motions (hard).
     if hard:
-        names = [name.split("_") for name in classes]
-        for _ in range(1):
-            d_shape = ("square", "disc")[int(rng.integers(2))]
-            d_side = float(rng.integers(size // 6, size // 5 + 1))
-            d_top, d_left = rng.uniform(0, size, 2)
-            d_velocity = velocity(*names[int(rng.integers(len(names)))])
-            d_colour = rng.integers(90, 170, 3)
-            distractors.append((d_shape, d_side, d_top, d_left, d_velocity, d_colour))
+        d_shape = ("square", "disc")[int(rng.integers(2))]
+        d_side = float(rng.integers(size // 6, size // 5 + 1))
+        d_top, d_left = rng.uniform(0, size, 2)
+        d_dy, d_dx = velocity(*classes[int(rng.integers(len(classes)))].split("_"))
+        d_colour = rng.integers(90, 170, 3)
+
+        def distractor(t: int) -> tuple[np.ndarray, np.ndarray]:
+            return _shape_mask(size, d_shape, d_side, d_top + d_dy * t, d_left + d_dx * t), d_colour
     else:
         static = _shape_mask(size, ("disc", "square")[int(rng.integers(2))], side * 0.7, *rng.uniform(0, size, 2))
-        distractors.append(("static", static, static_colour))
+
+        def distractor(t: int) -> tuple[np.ndarray, np.ndarray]:
+            return static, static_colour
+
     dy, dx = velocity(direction, speed)
     noise = 10 if hard else 6
     video = np.empty((frames, size, size, 3), dtype=np.uint8)
     for t in range(frames):
         image = np.broadcast_to(background, (size, size, 3)).astype(np.float32)
-        for distractor in distractors:
-            if distractor[0] == "static":
-                image[distractor[1]] = distractor[2]
-            else:
-                d_shape, d_side, d_top, d_left, (d_dy, d_dx), d_colour = distractor
-                image[_shape_mask(size, d_shape, d_side, d_top + d_dy * t, d_left + d_dx * t)] = d_colour
+        distractor_mask, distractor_colour = distractor(t)
+        image[distractor_mask] = distractor_colour
         image[_shape_mask(size, shape, side, top + dy * t, left + dx * t)] = colour
         image += rng.normal(0, noise, image.shape)
         video[t] = np.clip(image, 0, 255).astype(np.uint8)
