@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from chunkformer.layers import LSHAttention
@@ -351,7 +351,13 @@ def test_gradient_reaches_every_parameter(case: Case, padded: bool) -> None:
     if mask is not None:
         mask.view(-1)[0] = False  # at least one real token
         mask.view(-1)[-1] = False
+    attended: list[torch.Tensor] = []
+    module.proj.register_forward_pre_hook(lambda _, args: attended.append(args[0].detach()))
     out = module(x, key_padding_mask=mask)
+    # Causal attention with separate q and k can leave every query without a key (tiny inputs, each query's
+    # bucket holding no earlier key): all outputs are then zero before the projection and qkv gets no
+    # gradient, correctly. The property is about configurations where something is attended.
+    assume(bool(attended[0].ne(0).any()))
     assert_gradients_reach_all_parameters(module, out, case.seed + 4)
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
