@@ -117,7 +117,7 @@ class LSHLayout:
     needs_mask: bool
     rounds_used: int
     _visible: Callable[[int], torch.Tensor]
-    _seen: Callable[[int, int], torch.Tensor]
+    _drop_seen: Callable[[torch.Tensor, int, int], None]
 
     def keep(self, round_index: int) -> torch.Tensor | None:
         """(G, Q, bs, K) bool: the pairs round ``round_index`` attends; None when nothing is masked.
@@ -130,7 +130,7 @@ class LSHLayout:
             return None
         keep = self._visible(round_index)
         for earlier in range(round_index):
-            keep &= ~self._seen(earlier, round_index)
+            self._drop_seen(keep, earlier, round_index)
         return keep
 
 
@@ -205,23 +205,37 @@ def sorted_layout(
 
     real = torch.ones(groups, seq_len, dtype=torch.bool, device=device) if valid is None else valid
     real = torch.cat([real, torch.zeros(groups, 1, dtype=torch.bool, device=device)], dim=-1)
+    n_keys = key_ids.shape[-1]
+    # Under shared QK a query and its own key sit at the same place of every block (slot i of the query
+    # block is slot i of the last key block in view): self-exclusion is a fixed pattern, no comparison.
+    not_self = (
+        torch.arange(bucket_size, device=device)[:, None] + (n_keys - bucket_size)
+        != torch.arange(n_keys, device=device)[None, :]
+    ) if shared_qk else torch.ones(bucket_size, n_keys, dtype=torch.bool, device=device)
 
     def visible(round_index: int) -> torch.Tensor:
+        shape = (groups, n_blocks, bucket_size, n_keys)
+        if not has_padding:
+            return not_self.expand(shape).clone()
         query_r, key_r = query_ids[:, round_index], key_ids[:, round_index]
         pairs = _lookup(real, query_r)[..., :, None] & _lookup(real, key_r)[..., None, :]
-        if shared_qk:
-            pairs &= query_r[..., :, None] != key_r[..., None, :]
-        return pairs
+        return pairs & not_self if shared_qk else pairs
 
     # In round r' a pair is in view when the key's block is the query's block or the one before it.
-    query_block = _with_pad(torch.div(query_slot, bucket_size, rounding_mode="floor").int(), -4)
-    key_block = _with_pad(torch.div(key_slot, bucket_size, rounding_mode="floor").int(), -8)
+    # Block numbers are compared as int16 where they fit: the comparisons run over every pair in view.
+    block_dtype = torch.int16 if n_blocks < 2**15 - 8 else torch.int32
+    query_block = _with_pad(torch.div(query_slot, bucket_size, rounding_mode="floor").to(block_dtype), -4)
+    key_block = _with_pad(torch.div(key_slot, bucket_size, rounding_mode="floor").to(block_dtype), -8)
+    query_previous_block = torch.where(query_block > 0, query_block - 1, query_block + n_blocks - 1)
+    query_previous_block[..., -1] = -4
 
-    def seen(earlier: int, round_index: int) -> torch.Tensor:
-        q_block = _lookup(query_block[:, earlier], query_ids[:, round_index])[..., :, None]
-        k_block = _lookup(key_block[:, earlier], key_ids[:, round_index])[..., None, :]
-        q_previous = torch.where(q_block > 0, q_block - 1, q_block + n_blocks - 1)
-        return (k_block == q_block) | (k_block == q_previous)
+    def drop_seen(keep: torch.Tensor, earlier: int, round_index: int) -> None:
+        key_b = _lookup(key_block[:, earlier], key_ids[:, round_index])[..., None, :]
+        differs = torch.ne(key_b, _lookup(query_block[:, earlier], query_ids[:, round_index])[..., :, None])
+        keep &= differs
+        torch.ne(key_b, _lookup(query_previous_block[:, earlier], query_ids[:, round_index])[..., :, None],
+                 out=differs)
+        keep &= differs
 
     return LSHLayout(
         query_ids,
@@ -231,7 +245,7 @@ def sorted_layout(
         # One block: every round has every key in view, so the first round attends to the whole union.
         rounds_used=1 if n_blocks == 1 else rounds,
         _visible=visible,
-        _seen=seen,
+        _drop_seen=drop_seen,
     )
 
 
@@ -354,6 +368,9 @@ def bucket_aligned_layout(
             pairs &= query_r[..., :, None] != key_r[..., None, :]
         return pairs
 
+    def drop_seen(keep: torch.Tensor, earlier: int, round_index: int) -> None:
+        keep &= ~in_view(earlier, round_index)
+
     return LSHLayout(
         query_ids,
         key_ids,
@@ -361,5 +378,5 @@ def bucket_aligned_layout(
         needs_mask=True,
         rounds_used=rounds,
         _visible=lambda round_index: in_view(round_index, round_index),
-        _seen=in_view,
+        _drop_seen=drop_seen,
     )

@@ -266,8 +266,14 @@ class _LSHAttentionFunction(torch.autograd.Function):
         weight_sum = torch.zeros(groups, seq_len, dtype=acc, device=q.device)
         weighted = torch.zeros(groups, seq_len, v.shape[-1], dtype=acc, device=q.device)
         buffers: dict[str, torch.Tensor] = {}
+        # The backward pass reuses each round's pair mask (G x Q x bs x K bools, a quarter of the logits'
+        # size) instead of comparing block numbers again.
+        keeps: list[torch.Tensor | None] = []
+        will_backward = any(ctx.needs_input_grad[:3])
         for round_index in range(layout.rounds_used):
             keep = layout.keep(round_index)
+            if will_backward:
+                keeps.append(keep)
             q_blocks = _round_blocks(q, layout.query_ids, round_index, buffers, "q")
             k_blocks = _round_blocks(k, layout.key_ids, round_index, buffers, "k")
             v_blocks = _round_blocks(v, layout.key_ids, round_index, buffers, "v")
@@ -308,6 +314,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
 
         ctx.save_for_backward(q, k, v, out, merged_lse, no_key, fallback)
         ctx.layout = layout
+        ctx.keeps = keeps
         ctx.scale = scale
         ctx.dropout_p = dropout_p
         ctx.generator_state = generator_state
@@ -325,8 +332,9 @@ class _LSHAttentionFunction(torch.autograd.Function):
         grad_k = k.new_zeros(k.shape[0] * seq_len, k.shape[-1], dtype=grad_q.dtype)
         grad_v = v.new_zeros(v.shape[0] * seq_len, v.shape[-1], dtype=grad_q.dtype)
         buffers: dict[str, torch.Tensor] = {}
+        keeps: list[torch.Tensor | None] = ctx.keeps
         for round_index in range(layout.rounds_used):
-            keep = layout.keep(round_index)
+            keep = keeps[round_index]
             query_ids = layout.query_ids[:, round_index : round_index + 1]
             key_ids = layout.key_ids[:, round_index : round_index + 1]
             q_blocks = _gather_tokens(q, query_ids, buffers, "q")

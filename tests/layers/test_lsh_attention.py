@@ -241,10 +241,15 @@ def hashed_cases(draw: st.DrawFn) -> Case:
 def test_training_draws_fresh_rotations_without_the_global_rng(case: Case, attn_drop: float) -> None:
     module = case.module(attn_drop=attn_drop).train()
     x = case.input()
+    attended: list[torch.Tensor] = []
+    module.proj.register_forward_pre_hook(lambda _, args: attended.append(args[0]))
     before = torch.get_rng_state()
     with torch.no_grad():
         first, second = module(x), module(x)
     assert torch.equal(torch.get_rng_state(), before), "a training forward touched the global RNG"
+    # Causal attention with separate q and k may attend nothing on tiny inputs (see the gradient test):
+    # then every rotation gives the same all-zero attention and the comparison says nothing.
+    assume(bool(attended[0].ne(0).any() or attended[1].ne(0).any()))
     assert not torch.equal(first, second), "two training calls used the same rotations"
     # A twin built with the same seed and weights replays the same sequence of rotations.
     twin = case.module(attn_drop=attn_drop).train()
@@ -266,8 +271,11 @@ def test_eval_is_reproducible_and_uses_the_seed(case: Case) -> None:
         # Training calls in between do not change what evaluation computes.
         module.train()(x)
         assert torch.equal(module.eval()(x), out)
-        differs = not torch.equal(other_seed(x), out)
+        other = other_seed(x)
+        differs = not torch.equal(other, out)
     assert torch.equal(torch.get_rng_state(), before)
+    # Both attending nothing (causal, separate q and k, tiny input) makes them equal whatever the rotations.
+    assume(bool((out != other_seed.proj.bias).any() or (other != other_seed.proj.bias).any()))
     assert differs, "a module with another seed produced the same output"
 
 
