@@ -74,9 +74,9 @@ def _gather_tokens(x: torch.Tensor, ids: torch.Tensor, buffers: dict[str, torch.
     if buffers is None:
         rows = flat.index_select(0, index)
     else:
-        if name not in buffers:
+        if name not in buffers or buffers[name].shape[0] < index.numel():
             buffers[name] = flat.new_empty(index.numel(), width)
-        rows = torch.index_select(flat, 0, index, out=buffers[name])
+        rows = torch.index_select(flat, 0, index, out=buffers[name][: index.numel()])
     return rows.reshape(groups, ids.shape[-1], -1, width).transpose(1, 2)
 
 
@@ -114,9 +114,9 @@ def _logit_bias(
     minus_inf = torch.full((), float("-inf"), dtype=dtype, device=keep.device)
     if buffers is None:
         return torch.where(keep, zero, minus_inf)
-    if "bias" not in buffers:
-        buffers["bias"] = torch.empty(keep.shape, dtype=dtype, device=keep.device)
-    return torch.where(keep, zero, minus_inf, out=buffers["bias"])
+    if "bias" not in buffers or buffers["bias"].numel() < keep.numel():
+        buffers["bias"] = torch.empty(keep.numel(), dtype=dtype, device=keep.device)
+    return torch.where(keep, zero, minus_inf, out=buffers["bias"][: keep.numel()].view(keep.shape))
 
 
 def _use_flash(q: torch.Tensor, dropout_p: float) -> bool:
@@ -233,6 +233,17 @@ def _dropout_keep(
     return (torch.rand(shape, generator=generator, device=q_blocks.device) >= dropout_p).float()
 
 
+# Each backward kernel call covers at most this many bytes of key gradient: the kernel allocates its
+# gradients afresh on every call, and glibc maps allocations above 32 MB freshly from the OS each time, so
+# larger calls page-fault through their whole output (measured: 20K faults, 10 of 70 ms per call at 16K
+# tokens). Pieces below that size reuse the same memory call after call.
+_PIECE_BYTES = 8 << 20
+
+
+def _blocks_per_piece(groups: int, n_keys: int, width: int, element_size: int) -> int:
+    return max(1, _PIECE_BYTES // (groups * n_keys * width * element_size))
+
+
 def _round_blocks(
     x: torch.Tensor, ids: torch.Tensor, round_index: int, buffers: dict[str, torch.Tensor], name: str
 ) -> torch.Tensor:
@@ -325,41 +336,50 @@ class _LSHAttentionFunction(torch.autograd.Function):
         q, k, v, out, merged_lse, no_key, fallback = ctx.saved_tensors
         layout: LSHLayout = ctx.layout
         seq_len = q.shape[1]
-        slots_per_round = layout.query_ids[0, 0].numel()
         dropout_generator = _dropout_generator(ctx.generator_state, ctx.dropout_p, q.device)
         grad_attended = grad_out.masked_fill(no_key[..., None], 0.0).to(q.dtype)
-        grad_q = torch.zeros_like(q, dtype=torch.promote_types(q.dtype, torch.float32))
-        grad_k = k.new_zeros(k.shape[0] * seq_len, k.shape[-1], dtype=grad_q.dtype)
-        grad_v = v.new_zeros(v.shape[0] * seq_len, v.shape[-1], dtype=grad_q.dtype)
+        acc = torch.promote_types(q.dtype, torch.float32)
+        grad_q = q.new_zeros(q.shape[0] * seq_len, q.shape[-1], dtype=acc)
+        grad_k = k.new_zeros(k.shape[0] * seq_len, k.shape[-1], dtype=acc)
+        grad_v = v.new_zeros(v.shape[0] * seq_len, v.shape[-1], dtype=acc)
         buffers: dict[str, torch.Tensor] = {}
         keeps: list[torch.Tensor | None] = ctx.keeps
+        n_blocks, n_keys = layout.key_ids.shape[2], layout.key_ids.shape[3]
+        blocks_per_piece = _blocks_per_piece(q.shape[0], n_keys, _kernel_width(q, v), q.element_size())
         for round_index in range(layout.rounds_used):
             keep = keeps[round_index]
-            query_ids = layout.query_ids[:, round_index : round_index + 1]
-            key_ids = layout.key_ids[:, round_index : round_index + 1]
-            q_blocks = _gather_tokens(q, query_ids, buffers, "q")
-            k_blocks = _gather_tokens(k, key_ids, buffers, "k")
-            v_blocks = _gather_tokens(v, key_ids, buffers, "v")
-            # Empty query slots read token 0's gradient: zero it so they add nothing.
-            grad_blocks = _gather_tokens(grad_attended, query_ids, buffers, "grad")
-            grad_blocks.masked_fill_((query_ids[:, 0] >= seq_len)[..., None], 0.0)
-            out_blocks = _gather_tokens(out, query_ids, buffers, "out")
-            lse_blocks = _gather_tokens(merged_lse[..., None], query_ids)[..., 0]
-            dropout_mask = _dropout_keep(keep, q_blocks, k_blocks, ctx.dropout_p, dropout_generator)
-            grad_q_blocks, grad_k_blocks, grad_v_blocks = _block_backward(
-                grad_blocks, q_blocks, k_blocks, v_blocks, out_blocks, lse_blocks,
-                _logit_bias(keep, q.dtype, buffers), ctx.scale, dropout_mask, ctx.dropout_p,
-            )
-            # A token's query gradient is one row of this round: gather it, no scatter needed.
-            slot = layout.query_slot[:, round_index : round_index + 1] - round_index * slots_per_round
-            placed = (slot >= 0) & (slot < slots_per_round)
-            rows = _rows_of_tokens(grad_q_blocks, torch.where(placed, slot, slots_per_round))[:, 0]
-            grad_q += rows.masked_fill(~placed[:, 0, :, None], 0.0)
-            flat = _flat_rows(_slot_major_ids(key_ids), seq_len)
-            width_k, width_v = grad_k_blocks.shape[-1], grad_v_blocks.shape[-1]
-            grad_k.index_add_(0, flat, grad_k_blocks.transpose(1, 2).reshape(-1, width_k).to(grad_k.dtype))
-            grad_v.index_add_(0, flat, grad_v_blocks.transpose(1, 2).reshape(-1, width_v).to(grad_v.dtype))
-            del keep, dropout_mask, grad_q_blocks, grad_k_blocks, grad_v_blocks, rows
+            dropout_mask = None
+            if dropout_generator is not None:
+                # Drawn for the whole round, as in the forward pass, then cut into the pieces.
+                dropout_mask = _dropout_keep(
+                    keep, layout.query_ids[:, 0], layout.key_ids[:, 0], ctx.dropout_p,
+                    dropout_generator,
+                )
+            for start in range(0, n_blocks, blocks_per_piece):
+                blocks = slice(start, start + blocks_per_piece)
+                query_ids = layout.query_ids[:, round_index : round_index + 1, blocks]
+                key_ids = layout.key_ids[:, round_index : round_index + 1, blocks]
+                q_blocks = _gather_tokens(q, query_ids, buffers, "q")
+                k_blocks = _gather_tokens(k, key_ids, buffers, "k")
+                v_blocks = _gather_tokens(v, key_ids, buffers, "v")
+                # Empty query slots read token 0's gradient: zero it, so their rows of every gradient are 0.
+                grad_blocks = _gather_tokens(grad_attended, query_ids, buffers, "grad")
+                grad_blocks.masked_fill_((query_ids[:, 0] >= seq_len)[..., None], 0.0)
+                out_blocks = _gather_tokens(out, query_ids, buffers, "out")
+                lse_blocks = _gather_tokens(merged_lse[..., None], query_ids)[..., 0]
+                grad_q_blocks, grad_k_blocks, grad_v_blocks = _block_backward(
+                    grad_blocks, q_blocks, k_blocks, v_blocks, out_blocks, lse_blocks,
+                    _logit_bias(None if keep is None else keep[:, blocks], q.dtype, buffers), ctx.scale,
+                    None if dropout_mask is None else dropout_mask[:, blocks], ctx.dropout_p,
+                )
+                for grad, blocks_grad, ids in (
+                    (grad_q, grad_q_blocks, query_ids), (grad_k, grad_k_blocks, key_ids), (grad_v, grad_v_blocks, key_ids)
+                ):
+                    rows = blocks_grad.transpose(1, 2).reshape(-1, blocks_grad.shape[-1])
+                    grad.index_add_(0, _flat_rows(_slot_major_ids(ids), seq_len), rows.to(grad.dtype))
+                del grad_q_blocks, grad_k_blocks, grad_v_blocks
+            del keep, dropout_mask
+        grad_q = grad_q.reshape(q.shape)
         grad_k = grad_k.reshape(k.shape)
         grad_v = grad_v.reshape(v.shape) + torch.where(fallback[..., None], grad_out, 0.0)
         return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), None, None, None, None, None, None

@@ -13,6 +13,7 @@ Random tensors come from drawn seeds through a private ``torch.Generator``; the 
 from __future__ import annotations
 
 import bisect
+import importlib
 import math
 import re
 from collections.abc import Iterator
@@ -28,6 +29,9 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from chunkformer.ops import attention, default_n_buckets, lsh_attention
+
+# The module, not the function of the same name that chunkformer.ops exports.
+lsh_attention_module = importlib.import_module("chunkformer.ops.lsh_attention")
 
 SEEDS = st.integers(0, 2**31 - 1)
 
@@ -561,6 +565,27 @@ def test_gradcheck_float64(
         assert torch.autograd.gradcheck(lambda q, v: case.run(q, k, v), (q, v), eps=1e-6, atol=1e-5)
     else:
         assert torch.autograd.gradcheck(lambda q, k, v: case.run(q, k, v), (q, k, v), eps=1e-6, atol=1e-5)
+
+
+@given(case=lsh_cases(max_len=150), dropout_p=st.sampled_from([0.0, 0.3]))
+def test_backward_in_pieces_equals_backward_in_one_call(case: LSHCase, dropout_p: float) -> None:
+    """The backward pass runs its kernels over a few blocks at a time (bounded memory per call); with one
+    block per piece the gradients must equal those of a single call over all blocks."""
+    case = replace(case, dropout_p=dropout_p)
+    weights = randn((*case.v.shape[:3], case.v.shape[-1]), torch.Generator().manual_seed(case.seed))
+
+    def gradients() -> list[torch.Tensor]:
+        inputs = [t.clone().requires_grad_(True) for t in (case.q, case.k, case.v)]
+        (case.run(*inputs) * weights).sum().backward()
+        return [t.grad if t.grad is not None else torch.zeros_like(t) for t in inputs]
+
+    whole = gradients()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lsh_attention_module, "_PIECE_BYTES", 1)
+        assert lsh_attention_module._blocks_per_piece(2, 128, 64, 8) == 1
+        pieces = gradients()
+    for name, expected, got in zip("qkv", whole, pieces):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12, msg=f"grad of {name} differs")
 
 
 # ----------------------------------------------------------------------------------------------------------
