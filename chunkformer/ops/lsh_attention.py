@@ -233,22 +233,16 @@ def _dropout_keep(
     return (torch.rand(shape, generator=generator, device=q_blocks.device) >= dropout_p).float()
 
 
-# Each backward kernel call covers at most this many bytes of key gradient: the kernel allocates its
-# gradients afresh on every call, and glibc maps allocations above 32 MB freshly from the OS each time, so
-# larger calls page-fault through their whole output (measured: 20K faults, 10 of 70 ms per call at 16K
-# tokens). Pieces below that size reuse the same memory call after call.
+# Kernel calls cover a few blocks at a time, at most this many bytes of keys (or key gradient) per call:
+# the kernels allocate their outputs afresh on every call, and glibc maps allocations above 32 MB freshly
+# from the OS each time, so larger calls page-fault through their whole output (measured in the backward
+# kernel at 16K tokens: 20K faults, 10 of its 70 ms per call). Pieces this small reuse the same memory call
+# after call, and the per-piece buffers (gathered blocks, mask) stay small too.
 _PIECE_BYTES = 8 << 20
 
 
 def _blocks_per_piece(groups: int, n_keys: int, width: int, element_size: int) -> int:
     return max(1, _PIECE_BYTES // (groups * n_keys * width * element_size))
-
-
-def _round_blocks(
-    x: torch.Tensor, ids: torch.Tensor, round_index: int, buffers: dict[str, torch.Tensor], name: str
-) -> torch.Tensor:
-    """One round's blocks: rows of x (G, N, d) at ids[:, round_index] -> (G, Q, S, d), slot-major."""
-    return _gather_tokens(x, ids[:, round_index : round_index + 1], buffers, name)
 
 
 class _LSHAttentionFunction(torch.autograd.Function):
@@ -272,6 +266,8 @@ class _LSHAttentionFunction(torch.autograd.Function):
         groups, seq_len, _ = q.shape
         acc = torch.promote_types(q.dtype, torch.float32)
         slots_per_round = layout.query_ids[0, 0].numel()
+        n_blocks, bucket_size = layout.query_ids.shape[2], layout.query_ids.shape[3]
+        blocks_per_piece = _blocks_per_piece(groups, layout.key_ids.shape[3], _kernel_width(q, v), q.element_size())
         dropout_generator = _dropout_generator(generator_state, dropout_p, q.device)
         running_max = torch.full((groups, seq_len), float("-inf"), dtype=acc, device=q.device)
         weight_sum = torch.zeros(groups, seq_len, dtype=acc, device=q.device)
@@ -285,17 +281,36 @@ class _LSHAttentionFunction(torch.autograd.Function):
             keep = layout.keep(round_index)
             if will_backward:
                 keeps.append(keep)
-            q_blocks = _round_blocks(q, layout.query_ids, round_index, buffers, "q")
-            k_blocks = _round_blocks(k, layout.key_ids, round_index, buffers, "k")
-            v_blocks = _round_blocks(v, layout.key_ids, round_index, buffers, "v")
-            dropout_mask = _dropout_keep(keep, q_blocks, k_blocks, dropout_p, dropout_generator)
-            out_blocks, lse_blocks = _block_forward(
-                q_blocks, k_blocks, v_blocks, _logit_bias(keep, q.dtype, buffers), scale, dropout_mask, dropout_p
-            )
-            lse_blocks = lse_blocks.to(acc)
-            if keep is not None:
-                # Kernels disagree on rows with no key in view (lse 0 or -inf): make it -inf.
-                lse_blocks = lse_blocks.masked_fill(~keep.any(dim=-1), float("-inf"))
+            dropout_mask = None
+            if dropout_generator is not None:
+                dropout_mask = _dropout_keep(
+                    keep, layout.query_ids[:, 0], layout.key_ids[:, 0], dropout_p, dropout_generator
+                )
+            # The round's outputs, slot-major like the blocks; the kernels fill them a piece at a time.
+            if "out_round" not in buffers:
+                buffers["out_round"] = q.new_empty(groups, bucket_size, n_blocks, v.shape[-1])
+                buffers["lse_round"] = q.new_empty(groups, n_blocks, bucket_size, dtype=acc)
+            out_blocks = buffers["out_round"].transpose(1, 2)
+            lse_blocks = buffers["lse_round"]
+            for start in range(0, n_blocks, blocks_per_piece):
+                blocks = slice(start, start + blocks_per_piece)
+                query_ids = layout.query_ids[:, round_index : round_index + 1, blocks]
+                key_ids = layout.key_ids[:, round_index : round_index + 1, blocks]
+                piece_keep = None if keep is None else keep[:, blocks]
+                piece_out, piece_lse = _block_forward(
+                    _gather_tokens(q, query_ids, buffers, "q"),
+                    _gather_tokens(k, key_ids, buffers, "k"),
+                    _gather_tokens(v, key_ids, buffers, "v"),
+                    _logit_bias(piece_keep, q.dtype, buffers),
+                    scale,
+                    None if dropout_mask is None else dropout_mask[:, blocks],
+                    dropout_p,
+                )
+                out_blocks[:, blocks] = piece_out
+                if piece_keep is not None:
+                    # Kernels disagree on rows with no key in view (lse 0 or -inf): make it -inf.
+                    piece_lse = piece_lse.masked_fill(~piece_keep.any(dim=-1), float("-inf"))
+                lse_blocks[:, blocks] = piece_lse
             # Each token's row in this round; a token without a slot reads lse -inf.
             slot = layout.query_slot[:, round_index : round_index + 1] - round_index * slots_per_round
             placed = (slot >= 0) & (slot < slots_per_round)
@@ -310,7 +325,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
             weight_sum = weight_sum * old_scale + new_weight
             running_max = new_max
             # Drop this round's temporaries before the next round allocates its own.
-            del keep, dropout_mask, out_blocks, lse_blocks, lse, rows
+            del keep, dropout_mask, lse, rows
 
         no_key = torch.isneginf(running_max)
         # Dividing by the weight sum (not assuming it is 1) keeps rows whose logits are all tiny exact.

@@ -568,24 +568,25 @@ def test_gradcheck_float64(
 
 
 @given(case=lsh_cases(max_len=150), dropout_p=st.sampled_from([0.0, 0.3]))
-def test_backward_in_pieces_equals_backward_in_one_call(case: LSHCase, dropout_p: float) -> None:
-    """The backward pass runs its kernels over a few blocks at a time (bounded memory per call); with one
-    block per piece the gradients must equal those of a single call over all blocks."""
+def test_kernels_in_pieces_equal_one_call(case: LSHCase, dropout_p: float) -> None:
+    """Both passes run their kernels over a few blocks at a time (bounded memory per call); with one block
+    per piece the output and the gradients must equal those of a single call over all blocks."""
     case = replace(case, dropout_p=dropout_p)
     weights = randn((*case.v.shape[:3], case.v.shape[-1]), torch.Generator().manual_seed(case.seed))
 
-    def gradients() -> list[torch.Tensor]:
+    def run() -> list[torch.Tensor]:
         inputs = [t.clone().requires_grad_(True) for t in (case.q, case.k, case.v)]
-        (case.run(*inputs) * weights).sum().backward()
-        return [t.grad if t.grad is not None else torch.zeros_like(t) for t in inputs]
+        out = case.run(*inputs)
+        (out * weights).sum().backward()
+        return [out.detach()] + [t.grad if t.grad is not None else torch.zeros_like(t) for t in inputs]
 
-    whole = gradients()
+    whole = run()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(lsh_attention_module, "_PIECE_BYTES", 1)
         assert lsh_attention_module._blocks_per_piece(2, 128, 64, 8) == 1
-        pieces = gradients()
-    for name, expected, got in zip("qkv", whole, pieces):
-        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12, msg=f"grad of {name} differs")
+        pieces = run()
+    for name, expected, got in zip(["output", "grad q", "grad k", "grad v"], whole, pieces):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12, msg=f"{name} differs")
 
 
 # ----------------------------------------------------------------------------------------------------------
