@@ -309,7 +309,8 @@ class _LSHAttentionFunction(torch.autograd.Function):
                 out_blocks[:, blocks] = piece_out
                 if piece_keep is not None:
                     # Kernels disagree on rows with no key in view (lse 0 or -inf): make it -inf.
-                    piece_lse = piece_lse.masked_fill(~piece_keep.any(dim=-1), float("-inf"))
+                    # (a max over bytes: bool any() is not vectorised on CPU, measured 6x slower)
+                    piece_lse = piece_lse.masked_fill(piece_keep.view(torch.uint8).amax(dim=-1) == 0, float("-inf"))
                 lse_blocks[:, blocks] = piece_lse
             # Each token's row in this round; a token without a slot reads lse -inf.
             slot = layout.query_slot[:, round_index : round_index + 1] - round_index * slots_per_round
@@ -321,8 +322,8 @@ class _LSHAttentionFunction(torch.autograd.Function):
             safe_max = new_max.masked_fill(torch.isneginf(new_max), 0.0)
             old_scale = torch.exp(running_max - safe_max)
             new_weight = torch.exp(lse - safe_max)
-            weighted = weighted * old_scale[..., None] + new_weight[..., None] * rows
-            weight_sum = weight_sum * old_scale + new_weight
+            weighted.mul_(old_scale[..., None]).addcmul_(new_weight[..., None], rows)
+            weight_sum.mul_(old_scale).add_(new_weight)
             running_max = new_max
             # Drop this round's temporaries before the next round allocates its own.
             del keep, dropout_mask, lse, rows
