@@ -49,58 +49,47 @@ _DEFAULT_SEED = 0
 # gradient) and an empty query slot's output is never read and its incoming gradient is zeroed.
 
 
-def _flat_rows(ids: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """Token ids (G, ...) -> row indices into the (G * N, d) flattening, empty slots -> token 0."""
+def _token_rows(ids: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Token ids (G, ...) -> row indices into the (G * N, d) flattening, empty slots -> the group's token 0."""
     offsets = torch.arange(ids.shape[0], device=ids.device).reshape(-1, *([1] * (ids.dim() - 1))) * seq_len
-    return (torch.where(ids < seq_len, ids, 0) + offsets).reshape(-1)
+    return torch.where(ids < seq_len, ids, 0) + offsets
 
 
-def _slot_major_ids(ids: torch.Tensor) -> torch.Tensor:
-    """ids (G, R, Q, S) -> (G, S, R * Q)."""
-    groups, rounds, blocks, slots = ids.shape
-    return ids.reshape(groups, rounds * blocks, slots).transpose(1, 2)
+class _PieceRows:
+    """Row indices of every round's pieces, slot-major, computed once per call and shared by both passes
+    (each piece's query rows serve four gathers and a scatter, its key rows two of each)."""
+
+    def __init__(self, layout: LSHLayout, seq_len: int) -> None:
+        self.query = _token_rows(layout.query_ids, seq_len)  # (G, R, Q, bs)
+        self.key = _token_rows(layout.key_ids, seq_len)  # (G, R, Q, K)
+        self._cache: dict[tuple[str, int, int], torch.Tensor] = {}
+
+    def __call__(self, which: str, round_index: int, blocks: slice) -> torch.Tensor:
+        """(G * S * P,) rows of one piece of one round, slot-major: the order :func:`_gather_rows` uses."""
+        key = (which, round_index, blocks.start)
+        if key not in self._cache:
+            rows = (self.query if which == "query" else self.key)[:, round_index, blocks]
+            self._cache[key] = rows.transpose(1, 2).reshape(-1)
+        return self._cache[key]
 
 
-def _gather_tokens(x: torch.Tensor, ids: torch.Tensor, buffers: dict[str, torch.Tensor] | None = None,
-                   name: str = "") -> torch.Tensor:
-    """Rows of x (G, N, d) at ids (G, R, Q, S) -> (G, R * Q, S, d), slot-major in memory.
+def _gather_rows(
+    x: torch.Tensor, rows: torch.Tensor, slots: int, buffers: dict[str, torch.Tensor] | None = None, name: str = ""
+) -> torch.Tensor:
+    """Rows of x (G, N, d) at slot-major ``rows`` -> blocks (G, P, S, d), slot-major in memory.
 
-    With ``buffers``, the rows are written into ``buffers[name]`` (allocated on first use): the rounds
+    With ``buffers``, the rows are written into ``buffers[name]`` (allocated on first use): rounds and pieces
     reuse one buffer instead of allocating, and page-faulting, a fresh one each.
     """
-    groups, seq_len, width = x.shape
-    index = _flat_rows(_slot_major_ids(ids), seq_len)
+    groups, _, width = x.shape
     flat = x.reshape(-1, width)
     if buffers is None:
-        rows = flat.index_select(0, index)
+        gathered = flat.index_select(0, rows)
     else:
-        if name not in buffers or buffers[name].shape[0] < index.numel():
-            buffers[name] = flat.new_empty(index.numel(), width)
-        rows = torch.index_select(flat, 0, index, out=buffers[name][: index.numel()])
-    return rows.reshape(groups, ids.shape[-1], -1, width).transpose(1, 2)
-
-
-def _scatter_add_tokens(blocks: torch.Tensor, ids: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """Adjoint of :func:`_gather_tokens`: sum every slot back into its token."""
-    groups, width = ids.shape[0], blocks.shape[-1]
-    out = blocks.new_zeros(groups * seq_len, width)
-    out.index_add_(0, _flat_rows(_slot_major_ids(ids), seq_len), blocks.transpose(1, 2).reshape(-1, width))
-    return out.reshape(groups, seq_len, width)
-
-
-def _rows_of_tokens(blocks: torch.Tensor, query_slot: torch.Tensor) -> torch.Tensor:
-    """Each token's row in each round: blocks (G, R * Q, S, ...) at query_slot (G, R, N) -> (G, R, N, ...).
-
-    ``query_slot`` counts slots block-major (block * S + slot). A token without a slot in a round
-    (``query_slot == R * Q * S``) reads an arbitrary row: callers mask it.
-    """
-    groups, n_blocks, slots = blocks.shape[:3]
-    trailing = blocks.shape[3:]
-    flat = blocks.transpose(1, 2).reshape(groups * slots * n_blocks, *trailing)
-    block, slot = torch.div(query_slot, slots, rounding_mode="floor"), torch.remainder(query_slot, slots)
-    index = torch.where(query_slot < n_blocks * slots, slot * n_blocks + block, 0)
-    index = index + torch.arange(groups, device=index.device).reshape(-1, 1, 1) * (slots * n_blocks)
-    return flat.index_select(0, index.reshape(-1)).reshape(*query_slot.shape, *trailing)
+        if name not in buffers or buffers[name].shape[0] < rows.numel():
+            buffers[name] = flat.new_empty(rows.numel(), width)
+        gathered = torch.index_select(flat, 0, rows, out=buffers[name][: rows.numel()])
+    return gathered.reshape(groups, slots, -1, width).transpose(1, 2)
 
 
 def _logit_bias(
@@ -277,6 +266,19 @@ class _LSHAttentionFunction(torch.autograd.Function):
         # size) instead of comparing block numbers again.
         keeps: list[torch.Tensor | None] = []
         will_backward = any(ctx.needs_input_grad[:3])
+        piece_rows = _PieceRows(layout, seq_len)
+        n_keys = layout.key_ids.shape[3]
+        # Where each token's row of a round sits in the round's outputs: lse block-major (G, Q, bs), outputs
+        # slot-major (G, bs, Q, dv). A token without a slot in a round (padding) reads row 0, masked.
+        rounds = layout.rounds_used
+        local = layout.query_slot[:, :rounds] - torch.arange(rounds, device=q.device)[None, :, None] * slots_per_round
+        placed = (local >= 0) & (local < slots_per_round)
+        local = torch.where(placed, local, 0)
+        group_base = torch.arange(groups, device=q.device)[:, None, None] * slots_per_round
+        block = torch.div(local, bucket_size, rounding_mode="floor")
+        lse_index = group_base + local
+        out_index = group_base + (local - block * bucket_size) * n_blocks + block
+        del local, block
         for round_index in range(layout.rounds_used):
             keep = layout.keep(round_index)
             if will_backward:
@@ -291,16 +293,16 @@ class _LSHAttentionFunction(torch.autograd.Function):
                 buffers["out_round"] = q.new_empty(groups, bucket_size, n_blocks, v.shape[-1])
                 buffers["lse_round"] = q.new_empty(groups, n_blocks, bucket_size, dtype=acc)
             out_blocks = buffers["out_round"].transpose(1, 2)
+            out_flat = buffers["out_round"].reshape(-1, v.shape[-1])
             lse_blocks = buffers["lse_round"]
             for start in range(0, n_blocks, blocks_per_piece):
                 blocks = slice(start, start + blocks_per_piece)
-                query_ids = layout.query_ids[:, round_index : round_index + 1, blocks]
-                key_ids = layout.key_ids[:, round_index : round_index + 1, blocks]
                 piece_keep = None if keep is None else keep[:, blocks]
+                query_rows, key_rows = piece_rows("query", round_index, blocks), piece_rows("key", round_index, blocks)
                 piece_out, piece_lse = _block_forward(
-                    _gather_tokens(q, query_ids, buffers, "q"),
-                    _gather_tokens(k, key_ids, buffers, "k"),
-                    _gather_tokens(v, key_ids, buffers, "v"),
+                    _gather_rows(q, query_rows, bucket_size, buffers, "q"),
+                    _gather_rows(k, key_rows, n_keys, buffers, "k"),
+                    _gather_rows(v, key_rows, n_keys, buffers, "v"),
                     _logit_bias(piece_keep, q.dtype, buffers),
                     scale,
                     None if dropout_mask is None else dropout_mask[:, blocks],
@@ -313,11 +315,8 @@ class _LSHAttentionFunction(torch.autograd.Function):
                     piece_lse = piece_lse.masked_fill(piece_keep.view(torch.uint8).amax(dim=-1) == 0, float("-inf"))
                 lse_blocks[:, blocks] = piece_lse
             # Each token's row in this round; a token without a slot reads lse -inf.
-            slot = layout.query_slot[:, round_index : round_index + 1] - round_index * slots_per_round
-            placed = (slot >= 0) & (slot < slots_per_round)
-            slot = torch.where(placed, slot, slots_per_round)
-            lse = _rows_of_tokens(lse_blocks, slot)[:, 0].masked_fill(~placed[:, 0], float("-inf"))
-            rows = _rows_of_tokens(out_blocks, slot)[:, 0].to(acc)
+            lse = lse_blocks.reshape(-1)[lse_index[:, round_index]].masked_fill(~placed[:, round_index], float("-inf"))
+            rows = out_flat.index_select(0, out_index[:, round_index].reshape(-1)).reshape(weighted.shape).to(acc)
             new_max = torch.maximum(running_max, lse)
             safe_max = new_max.masked_fill(torch.isneginf(new_max), 0.0)
             old_scale = torch.exp(running_max - safe_max)
@@ -342,6 +341,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
         ctx.save_for_backward(q, k, v, out, merged_lse, no_key, fallback)
         ctx.layout = layout
         ctx.keeps = keeps
+        ctx.piece_rows = piece_rows
         ctx.scale = scale
         ctx.dropout_p = dropout_p
         ctx.generator_state = generator_state
@@ -360,7 +360,8 @@ class _LSHAttentionFunction(torch.autograd.Function):
         grad_v = v.new_zeros(v.shape[0] * seq_len, v.shape[-1], dtype=acc)
         buffers: dict[str, torch.Tensor] = {}
         keeps: list[torch.Tensor | None] = ctx.keeps
-        n_blocks, n_keys = layout.key_ids.shape[2], layout.key_ids.shape[3]
+        piece_rows: _PieceRows = ctx.piece_rows
+        n_blocks, bucket_size, n_keys = layout.query_ids.shape[2], layout.query_ids.shape[3], layout.key_ids.shape[3]
         blocks_per_piece = _blocks_per_piece(q.shape[0], n_keys, _kernel_width(q, v), q.element_size())
         for round_index in range(layout.rounds_used):
             keep = keeps[round_index]
@@ -373,26 +374,24 @@ class _LSHAttentionFunction(torch.autograd.Function):
                 )
             for start in range(0, n_blocks, blocks_per_piece):
                 blocks = slice(start, start + blocks_per_piece)
-                query_ids = layout.query_ids[:, round_index : round_index + 1, blocks]
-                key_ids = layout.key_ids[:, round_index : round_index + 1, blocks]
-                q_blocks = _gather_tokens(q, query_ids, buffers, "q")
-                k_blocks = _gather_tokens(k, key_ids, buffers, "k")
-                v_blocks = _gather_tokens(v, key_ids, buffers, "v")
+                query_rows, key_rows = piece_rows("query", round_index, blocks), piece_rows("key", round_index, blocks)
+                q_blocks = _gather_rows(q, query_rows, bucket_size, buffers, "q")
+                k_blocks = _gather_rows(k, key_rows, n_keys, buffers, "k")
+                v_blocks = _gather_rows(v, key_rows, n_keys, buffers, "v")
                 # Empty query slots read token 0's gradient: zero it, so their rows of every gradient are 0.
-                grad_blocks = _gather_tokens(grad_attended, query_ids, buffers, "grad")
-                grad_blocks.masked_fill_((query_ids[:, 0] >= seq_len)[..., None], 0.0)
-                out_blocks = _gather_tokens(out, query_ids, buffers, "out")
-                lse_blocks = _gather_tokens(merged_lse[..., None], query_ids)[..., 0]
+                grad_blocks = _gather_rows(grad_attended, query_rows, bucket_size, buffers, "grad")
+                grad_blocks.masked_fill_((layout.query_ids[:, round_index, blocks] >= seq_len)[..., None], 0.0)
+                out_blocks = _gather_rows(out, query_rows, bucket_size, buffers, "out")
+                lse_blocks = _gather_rows(merged_lse[..., None], query_rows, bucket_size)[..., 0]
                 grad_q_blocks, grad_k_blocks, grad_v_blocks = _block_backward(
                     grad_blocks, q_blocks, k_blocks, v_blocks, out_blocks, lse_blocks,
                     _logit_bias(None if keep is None else keep[:, blocks], q.dtype, buffers), ctx.scale,
                     None if dropout_mask is None else dropout_mask[:, blocks], ctx.dropout_p,
                 )
-                for grad, blocks_grad, ids in (
-                    (grad_q, grad_q_blocks, query_ids), (grad_k, grad_k_blocks, key_ids), (grad_v, grad_v_blocks, key_ids)
+                for grad, blocks_grad, rows in (
+                    (grad_q, grad_q_blocks, query_rows), (grad_k, grad_k_blocks, key_rows), (grad_v, grad_v_blocks, key_rows)
                 ):
-                    rows = blocks_grad.transpose(1, 2).reshape(-1, blocks_grad.shape[-1])
-                    grad.index_add_(0, _flat_rows(_slot_major_ids(ids), seq_len), rows.to(grad.dtype))
+                    grad.index_add_(0, rows, blocks_grad.transpose(1, 2).reshape(-1, blocks_grad.shape[-1]).to(grad.dtype))
                 del grad_q_blocks, grad_k_blocks, grad_v_blocks
             del keep, dropout_mask
         grad_q = grad_q.reshape(q.shape)

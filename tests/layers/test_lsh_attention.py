@@ -261,7 +261,9 @@ def test_training_draws_fresh_rotations_without_the_global_rng(case: Case, attn_
 def test_eval_is_reproducible_and_uses_the_seed(case: Case) -> None:
     module = case.module().eval()
     twin = case.module().eval()
-    other_seed = case.module(rotation_seed=case.seed + 6).eval()
+    # On inputs this small two seeds' rotations can still split the tokens alike (measured: 2 of 11 seeds
+    # gave the same output on one 36-token, 2-channel input), so several other seeds must not all agree.
+    other_seeds = [case.module(rotation_seed=case.seed + 6 + offset).eval() for offset in range(8)]
     x = case.input()
     before = torch.get_rng_state()
     with torch.no_grad():
@@ -271,12 +273,12 @@ def test_eval_is_reproducible_and_uses_the_seed(case: Case) -> None:
         # Training calls in between do not change what evaluation computes.
         module.train()(x)
         assert torch.equal(module.eval()(x), out)
-        other = other_seed(x)
-        differs = not torch.equal(other, out)
+        others = [other(x) for other in other_seeds]
     assert torch.equal(torch.get_rng_state(), before)
     # Both attending nothing (causal, separate q and k, tiny input) makes them equal whatever the rotations.
-    assume(bool((out != other_seed.proj.bias).any() or (other != other_seed.proj.bias).any()))
-    assert differs, "a module with another seed produced the same output"
+    bias = module.proj.bias
+    assume(bool((out != bias).any() or any((other != bias).any() for other in others)))
+    assert any(not torch.equal(other, out) for other in others), "modules with other seeds produced the same output"
 
 
 @given(case=hashed_cases(), warmup=st.integers(0, 2), attn_drop=st.sampled_from([0.0, 0.3]))
