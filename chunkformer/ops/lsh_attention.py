@@ -62,11 +62,11 @@ class _PieceRows:
     def __init__(self, layout: LSHLayout, seq_len: int) -> None:
         self.query = _token_rows(layout.query_ids, seq_len)  # (G, R, Q, bs)
         self.key = _token_rows(layout.key_ids, seq_len)  # (G, R, Q, K)
-        self._cache: dict[tuple[str, int, int], torch.Tensor] = {}
+        self._cache: dict[tuple[str, int, int, int], torch.Tensor] = {}
 
     def __call__(self, which: str, round_index: int, blocks: slice) -> torch.Tensor:
         """(G * S * P,) rows of one piece of one round, slot-major: the order :func:`_gather_rows` uses."""
-        key = (which, round_index, blocks.start)
+        key = (which, round_index, blocks.start, blocks.stop)
         if key not in self._cache:
             rows = (self.query if which == "query" else self.key)[:, round_index, blocks]
             self._cache[key] = rows.transpose(1, 2).reshape(-1)
@@ -90,6 +90,11 @@ def _gather_rows(
             buffers[name] = flat.new_empty(rows.numel(), width)
         gathered = torch.index_select(flat, 0, rows, out=buffers[name][: rows.numel()])
     return gathered.reshape(groups, slots, -1, width).transpose(1, 2)
+
+
+def _add_rows(grad: torch.Tensor, rows: torch.Tensor, blocks: torch.Tensor) -> None:
+    """Adjoint of :func:`_gather_rows`: add blocks (G, P, S, d) into the (G * N, d) rows of ``grad``."""
+    grad.index_add_(0, rows, blocks.transpose(1, 2).reshape(-1, blocks.shape[-1]).to(grad.dtype))
 
 
 def _logit_bias(
@@ -342,6 +347,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
         ctx.layout = layout
         ctx.keeps = keeps
         ctx.piece_rows = piece_rows
+        ctx.blocks_per_piece = blocks_per_piece
         ctx.scale = scale
         ctx.dropout_p = dropout_p
         ctx.generator_state = generator_state
@@ -362,7 +368,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
         keeps: list[torch.Tensor | None] = ctx.keeps
         piece_rows: _PieceRows = ctx.piece_rows
         n_blocks, bucket_size, n_keys = layout.query_ids.shape[2], layout.query_ids.shape[3], layout.key_ids.shape[3]
-        blocks_per_piece = _blocks_per_piece(q.shape[0], n_keys, _kernel_width(q, v), q.element_size())
+        blocks_per_piece: int = ctx.blocks_per_piece
         for round_index in range(layout.rounds_used):
             keep = keeps[round_index]
             dropout_mask = None
@@ -388,10 +394,9 @@ class _LSHAttentionFunction(torch.autograd.Function):
                     _logit_bias(None if keep is None else keep[:, blocks], q.dtype, buffers), ctx.scale,
                     None if dropout_mask is None else dropout_mask[:, blocks], ctx.dropout_p,
                 )
-                for grad, blocks_grad, rows in (
-                    (grad_q, grad_q_blocks, query_rows), (grad_k, grad_k_blocks, key_rows), (grad_v, grad_v_blocks, key_rows)
-                ):
-                    grad.index_add_(0, rows, blocks_grad.transpose(1, 2).reshape(-1, blocks_grad.shape[-1]).to(grad.dtype))
+                _add_rows(grad_q, query_rows, grad_q_blocks)
+                _add_rows(grad_k, key_rows, grad_k_blocks)
+                _add_rows(grad_v, key_rows, grad_v_blocks)
                 del grad_q_blocks, grad_k_blocks, grad_v_blocks
             del keep, dropout_mask
         grad_q = grad_q.reshape(q.shape)

@@ -567,10 +567,10 @@ def test_gradcheck_float64(
         assert torch.autograd.gradcheck(lambda q, k, v: case.run(q, k, v), (q, k, v), eps=1e-6, atol=1e-5)
 
 
-@given(case=lsh_cases(max_len=150), dropout_p=st.sampled_from([0.0, 0.3]))
-def test_kernels_in_pieces_equal_one_call(case: LSHCase, dropout_p: float) -> None:
-    """Both passes run their kernels over a few blocks at a time (bounded memory per call); with one block
-    per piece the output and the gradients must equal those of a single call over all blocks."""
+@given(case=lsh_cases(max_len=150), dropout_p=st.sampled_from([0.0, 0.3]), blocks_per_piece=st.integers(1, 3))
+def test_kernels_in_pieces_equal_one_call(case: LSHCase, dropout_p: float, blocks_per_piece: int) -> None:
+    """Both passes run their kernels over a few blocks at a time (bounded memory per call); in pieces of
+    1 to 3 blocks the output and the gradients must equal those of a single call over all blocks."""
     case = replace(case, dropout_p=dropout_p)
     weights = randn((*case.v.shape[:3], case.v.shape[-1]), torch.Generator().manual_seed(case.seed))
 
@@ -584,6 +584,7 @@ def test_kernels_in_pieces_equal_one_call(case: LSHCase, dropout_p: float) -> No
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(lsh_attention_module, "_PIECE_BYTES", 1)
         assert lsh_attention_module._blocks_per_piece(2, 128, 64, 8) == 1
+        patch.setattr(lsh_attention_module, "_blocks_per_piece", lambda *_: blocks_per_piece)
         pieces = run()
     for name, expected, got in zip(["output", "grad q", "grad k", "grad v"], whole, pieces):
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12, msg=f"{name} differs")
