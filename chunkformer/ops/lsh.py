@@ -145,8 +145,8 @@ class LSHLayout:
         """(G, Q, bs, K) bool: the pairs round ``round_index`` attends; None when nothing is masked.
 
         A pair that several rounds put in view is kept in the first of them only, so the rounds together
-        attend to each key of the union once. Built one round at a time, comparing with the r earlier
-        rounds, so only one round's worth of pair flags exists at once.
+        attend to each key of the union once. Built for one round at a time, comparing with the r earlier
+        rounds.
         """
         if not self.needs_mask:
             return None

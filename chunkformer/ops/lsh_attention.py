@@ -241,8 +241,9 @@ def _blocks_per_piece(groups: int, n_keys: int, width: int, element_size: int) -
 
 class _LSHAttentionFunction(torch.autograd.Function):
     """Rounds run one after another, merged online (running max, weight sum and weighted output per token),
-    so the blocks, masks and kernel buffers of only one round exist at a time; the backward pass loops over
-    the rounds the same way."""
+    and each round's kernels run a few blocks at a time, so the gathered blocks, the float mask and the
+    kernel buffers of only one piece exist at a time. The rounds' bool pair masks are kept for the backward
+    pass, which loops over rounds and pieces the same way."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -261,7 +262,8 @@ class _LSHAttentionFunction(torch.autograd.Function):
         acc = torch.promote_types(q.dtype, torch.float32)
         slots_per_round = layout.query_ids[0, 0].numel()
         n_blocks, bucket_size = layout.query_ids.shape[2], layout.query_ids.shape[3]
-        blocks_per_piece = _blocks_per_piece(groups, layout.key_ids.shape[3], _kernel_width(q, v), q.element_size())
+        n_keys = layout.key_ids.shape[3]
+        blocks_per_piece = _blocks_per_piece(groups, n_keys, _kernel_width(q, v), q.element_size())
         dropout_generator = _dropout_generator(generator_state, dropout_p, q.device)
         running_max = torch.full((groups, seq_len), float("-inf"), dtype=acc, device=q.device)
         weight_sum = torch.zeros(groups, seq_len, dtype=acc, device=q.device)
@@ -272,7 +274,6 @@ class _LSHAttentionFunction(torch.autograd.Function):
         keeps: list[torch.Tensor | None] = []
         will_backward = any(ctx.needs_input_grad[:3])
         piece_rows = _PieceRows(layout, seq_len)
-        n_keys = layout.key_ids.shape[3]
         # Where each token's row of a round sits in the round's outputs: lse block-major (G, Q, bs), outputs
         # slot-major (G, bs, Q, dv). A token without a slot in a round (padding) reads row 0, masked.
         rounds = layout.rounds_used
@@ -284,7 +285,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
         lse_index = group_base + local
         out_index = group_base + (local - block * bucket_size) * n_blocks + block
         del local, block
-        for round_index in range(layout.rounds_used):
+        for round_index in range(rounds):
             keep = layout.keep(round_index)
             if will_backward:
                 keeps.append(keep)
