@@ -213,18 +213,14 @@ def _dropout_generator(
     return generator
 
 
-def _dropout_keep(
-    keep: torch.Tensor | None,
-    q_blocks: torch.Tensor,
-    k_blocks: torch.Tensor,
-    dropout_p: float,
-    generator: torch.Generator | None,
-) -> torch.Tensor | None:
-    """This round's dropout mask over (G, Q, bs, K), drawn from ``generator``."""
+def _dropout_keep(layout: LSHLayout, dropout_p: float, generator: torch.Generator | None) -> torch.Tensor | None:
+    """One round's dropout mask over its (G, Q, bs, K) pairs, drawn from ``generator`` for the whole round,
+    so both passes draw the same masks in the same order and cut them into pieces alike."""
     if generator is None:
         return None
-    shape = (*q_blocks.shape[:3], k_blocks.shape[2])
-    return (torch.rand(shape, generator=generator, device=q_blocks.device) >= dropout_p).float()
+    groups, _, blocks, slots = layout.query_ids.shape
+    shape = (groups, blocks, slots, layout.key_ids.shape[-1])
+    return (torch.rand(shape, generator=generator, device=layout.query_ids.device) >= dropout_p).float()
 
 
 # Kernel calls cover a few blocks at a time, at most this many bytes of keys (or key gradient) per call:
@@ -289,11 +285,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
             keep = layout.keep(round_index)
             if will_backward:
                 keeps.append(keep)
-            dropout_mask = None
-            if dropout_generator is not None:
-                dropout_mask = _dropout_keep(
-                    keep, layout.query_ids[:, 0], layout.key_ids[:, 0], dropout_p, dropout_generator
-                )
+            dropout_mask = _dropout_keep(layout, dropout_p, dropout_generator)
             # The round's outputs, slot-major like the blocks; the kernels fill them a piece at a time.
             if "out_round" not in buffers:
                 buffers["out_round"] = q.new_empty(groups, bucket_size, n_blocks, v.shape[-1])
@@ -372,13 +364,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
         blocks_per_piece: int = ctx.blocks_per_piece
         for round_index in range(layout.rounds_used):
             keep = keeps[round_index]
-            dropout_mask = None
-            if dropout_generator is not None:
-                # Drawn for the whole round, as in the forward pass, then cut into the pieces.
-                dropout_mask = _dropout_keep(
-                    keep, layout.query_ids[:, 0], layout.key_ids[:, 0], ctx.dropout_p,
-                    dropout_generator,
-                )
+            dropout_mask = _dropout_keep(layout, ctx.dropout_p, dropout_generator)
             for start in range(0, n_blocks, blocks_per_piece):
                 blocks = slice(start, start + blocks_per_piece)
                 query_rows, key_rows = piece_rows("query", round_index, blocks), piece_rows("key", round_index, blocks)
