@@ -27,6 +27,7 @@ __all__ = [
     "bucket_aligned_layout",
     "default_n_buckets",
     "hash_buckets",
+    "keep_pattern",
     "random_rotations",
     "sorted_layout",
 ]
@@ -131,6 +132,10 @@ class LSHLayout:
         needs_mask: False when every pair in view is attended (one round, no padding, no self-exclusion).
         rounds_used: rounds that can attend anything; later ones are skipped (when the whole sequence is one
             block, the first round already attends to every key).
+        empty_query_slots: whether some query slot holds no token (padding, or blocks larger than needed).
+        key_order: (G, R, Q * bs) tokens in key-sorted order when key block g of every round is sorted
+            blocks g - 1 and g (cyclically), i.e. ``key_ids[:, r, g] == key_order[:, r, (g-1)*bs:(g+1)*bs]``;
+            then the key views overlap and can be read as windows of one gathered copy. None otherwise.
     """
 
     query_ids: torch.Tensor
@@ -138,15 +143,18 @@ class LSHLayout:
     query_slot: torch.Tensor
     needs_mask: bool
     rounds_used: int
+    empty_query_slots: bool
     _visible: Callable[[int], torch.Tensor]
     _drop_seen: Callable[[torch.Tensor, int, int], None]
+    key_order: torch.Tensor | None = None
 
     def keep(self, round_index: int) -> torch.Tensor | None:
         """(G, Q, bs, K) bool: the pairs round ``round_index`` attends; None when nothing is masked.
 
         A pair that several rounds put in view is kept in the first of them only, so the rounds together
         attend to each key of the union once. Built for one round at a time, comparing with the r earlier
-        rounds.
+        rounds. The first round's mask may be one (bs, K) pattern broadcast to the full shape (strides 0 on
+        G and Q) when it is the same for every block; see :func:`keep_pattern`.
         """
         if not self.needs_mask:
             return None
@@ -154,6 +162,13 @@ class LSHLayout:
         for earlier in range(round_index):
             self._drop_seen(keep, earlier, round_index)
         return keep
+
+
+def keep_pattern(keep: torch.Tensor) -> torch.Tensor:
+    """The (1, 1, bs, K) pattern a broadcast keep mask repeats, or the mask itself when it is not one."""
+    if keep.dim() == 4 and keep.stride(0) == 0 and keep.stride(1) == 0:
+        return keep[:1, :1]
+    return keep
 
 
 def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
@@ -238,7 +253,8 @@ def sorted_layout(
     def visible(round_index: int) -> torch.Tensor:
         shape = (groups, n_blocks, bucket_size, n_keys)
         if not has_padding:
-            return not_self.expand(shape).clone()
+            # The first round attends the pattern itself; later ones drop pairs from a copy of it.
+            return not_self.expand(shape) if round_index == 0 else not_self.expand(shape).clone()
         query_r, key_r = query_ids[:, round_index], key_ids[:, round_index]
         pairs = _lookup(real, query_r)[..., :, None] & _lookup(real, key_r)[..., None, :]
         return pairs & not_self if shared_qk else pairs
@@ -266,8 +282,10 @@ def sorted_layout(
         needs_mask=rounds > 1 or has_padding or shared_qk,
         # One block: every round has every key in view, so the first round attends to the whole union.
         rounds_used=1 if n_blocks == 1 else rounds,
+        empty_query_slots=has_padding,
         _visible=visible,
         _drop_seen=drop_seen,
+        key_order=key_order.reshape(groups, rounds, padded_len) if n_blocks > 1 else None,
     )
 
 
@@ -399,6 +417,7 @@ def bucket_aligned_layout(
         _flat_query_slot(query_slot, has_key, query_slots),
         needs_mask=True,
         rounds_used=rounds,
+        empty_query_slots=True,
         _visible=lambda round_index: in_view(round_index, round_index),
         _drop_seen=drop_seen,
     )

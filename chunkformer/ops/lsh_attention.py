@@ -29,6 +29,7 @@ from chunkformer.ops.lsh import (
     bucket_aligned_layout,
     default_n_buckets,
     hash_buckets,
+    keep_pattern,
     random_rotations,
     sorted_layout,
 )
@@ -62,14 +63,28 @@ class _PieceRows:
     def __init__(self, layout: LSHLayout, seq_len: int) -> None:
         self.query = _token_rows(layout.query_ids, seq_len)  # (G, R, Q, bs)
         self.key = _token_rows(layout.key_ids, seq_len)  # (G, R, Q, K)
+        self.bucket_size = layout.query_ids.shape[-1]
+        self.key_order = None if layout.key_order is None else _token_rows(layout.key_order, seq_len)
         self._cache: dict[tuple[str, int, int, int], torch.Tensor] = {}
 
     def __call__(self, which: str, round_index: int, blocks: slice) -> torch.Tensor:
-        """(G * S * P,) rows of one piece of one round, slot-major: the order :func:`_gather_rows` uses."""
+        """(G * S * P,) rows of one piece of one round, slot-major: the order :func:`_gather_rows` uses.
+
+        ``which="window"`` (layouts with ``key_order``): the rows of sorted blocks start - 1 (cyclically)
+        to stop - 1, block-major, (G * (P + 1) * bs,), which :func:`_gather_windows` reads as the key views.
+        """
         key = (which, round_index, blocks.start, blocks.stop)
         if key not in self._cache:
-            rows = (self.query if which == "query" else self.key)[:, round_index, blocks]
-            self._cache[key] = rows.transpose(1, 2).reshape(-1)
+            if which == "window":
+                assert self.key_order is not None
+                order = self.key_order[:, round_index].unflatten(-1, (-1, self.bucket_size))
+                n_blocks = order.shape[1]
+                stop = min(blocks.stop, n_blocks)
+                indices = torch.arange(blocks.start - 1, stop, device=order.device) % n_blocks
+                self._cache[key] = order[:, indices].reshape(-1)
+            else:
+                rows = (self.query if which == "query" else self.key)[:, round_index, blocks]
+                self._cache[key] = rows.transpose(1, 2).reshape(-1)
         return self._cache[key]
 
 
@@ -92,9 +107,50 @@ def _gather_rows(
     return gathered.reshape(groups, slots, -1, width).transpose(1, 2)
 
 
+def _gather_windows(
+    x: torch.Tensor, rows: torch.Tensor, bucket_size: int, buffers: dict[str, torch.Tensor], name: str
+) -> torch.Tensor:
+    """Key views (G, P, 2 * bs, d) of one piece as overlapping windows over its P + 1 sorted blocks.
+
+    Under the sorted layout key view g is sorted blocks g - 1 and g, so consecutive views share a block:
+    gathering the P + 1 blocks once and reading them through strides halves the rows gathered (the CPU
+    flash kernels take such strided inputs, measured no slower than contiguous ones).
+    """
+    groups, _, width = x.shape
+    flat = x.reshape(-1, width)
+    if name not in buffers or buffers[name].shape[0] < rows.numel():
+        buffers[name] = flat.new_empty(rows.numel(), width)
+    gathered = torch.index_select(flat, 0, rows, out=buffers[name][: rows.numel()])
+    per_group = rows.numel() // groups
+    n_views = per_group // bucket_size - 1
+    return gathered.as_strided(
+        (groups, n_views, 2 * bucket_size, width),
+        (per_group * width, bucket_size * width, width, 1),
+        gathered.storage_offset(),
+    )
+
+
 def _add_rows(grad: torch.Tensor, rows: torch.Tensor, blocks: torch.Tensor) -> None:
     """Adjoint of :func:`_gather_rows`: add blocks (G, P, S, d) into the (G * N, d) rows of ``grad``."""
     grad.index_add_(0, rows, blocks.transpose(1, 2).reshape(-1, blocks.shape[-1]).to(grad.dtype))
+
+
+def _key_views(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    piece_rows: _PieceRows,
+    round_index: int,
+    blocks: slice,
+    buffers: dict[str, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Key and value views (G, P, K, d) of one piece: overlapping windows when the layout allows it."""
+    if piece_rows.key_order is not None:
+        rows = piece_rows("window", round_index, blocks)
+        size = piece_rows.bucket_size
+        return _gather_windows(k, rows, size, buffers, "k"), _gather_windows(v, rows, size, buffers, "v")
+    rows = piece_rows("key", round_index, blocks)
+    n_keys = piece_rows.key.shape[-1]
+    return _gather_rows(k, rows, n_keys, buffers, "k"), _gather_rows(v, rows, n_keys, buffers, "v")
 
 
 def _logit_bias(
@@ -106,6 +162,10 @@ def _logit_bias(
         return None
     zero = torch.zeros((), dtype=dtype, device=keep.device)
     minus_inf = torch.full((), float("-inf"), dtype=dtype, device=keep.device)
+    pattern = keep_pattern(keep)
+    if pattern is not keep:
+        # One pattern for every block: the kernels read a broadcast bias as such.
+        return torch.where(pattern, zero, minus_inf).expand(keep.shape)
     if buffers is None:
         return torch.where(keep, zero, minus_inf)
     if "bias" not in buffers or buffers["bias"].numel() < keep.numel():
@@ -296,11 +356,12 @@ class _LSHAttentionFunction(torch.autograd.Function):
             for start in range(0, n_blocks, blocks_per_piece):
                 blocks = slice(start, start + blocks_per_piece)
                 piece_keep = None if keep is None else keep[:, blocks]
-                query_rows, key_rows = piece_rows("query", round_index, blocks), piece_rows("key", round_index, blocks)
+                query_rows = piece_rows("query", round_index, blocks)
+                k_blocks, v_blocks = _key_views(k, v, piece_rows, round_index, blocks, buffers)
                 piece_out, piece_lse = _block_forward(
                     _gather_rows(q, query_rows, bucket_size, buffers, "q"),
-                    _gather_rows(k, key_rows, n_keys, buffers, "k"),
-                    _gather_rows(v, key_rows, n_keys, buffers, "v"),
+                    k_blocks,
+                    v_blocks,
                     _logit_bias(piece_keep, q.dtype, buffers),
                     scale,
                     None if dropout_mask is None else dropout_mask[:, blocks],
@@ -310,7 +371,8 @@ class _LSHAttentionFunction(torch.autograd.Function):
                 if piece_keep is not None:
                     # Kernels disagree on rows with no key in view (lse 0 or -inf): make it -inf.
                     # (a max over bytes: bool any() is not vectorised on CPU, measured 6x slower)
-                    piece_lse = piece_lse.masked_fill(piece_keep.view(torch.uint8).amax(dim=-1) == 0, float("-inf"))
+                    attends_none = keep_pattern(piece_keep).view(torch.uint8).amax(dim=-1) == 0
+                    piece_lse = piece_lse.masked_fill(attends_none, float("-inf"))
                 lse_blocks[:, blocks] = piece_lse
             # Each token's row in this round; a token without a slot reads lse -inf.
             lse = lse_blocks.reshape(-1)[lse_index[:, round_index]].masked_fill(~placed[:, round_index], float("-inf"))
@@ -360,7 +422,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
         buffers: dict[str, torch.Tensor] = {}
         keeps: list[torch.Tensor | None] = ctx.keeps
         piece_rows: _PieceRows = ctx.piece_rows
-        n_blocks, bucket_size, n_keys = layout.query_ids.shape[2], layout.query_ids.shape[3], layout.key_ids.shape[3]
+        n_blocks, bucket_size = layout.query_ids.shape[2], layout.query_ids.shape[3]
         blocks_per_piece: int = ctx.blocks_per_piece
         for round_index in range(layout.rounds_used):
             keep = keeps[round_index]
@@ -369,11 +431,11 @@ class _LSHAttentionFunction(torch.autograd.Function):
                 blocks = slice(start, start + blocks_per_piece)
                 query_rows, key_rows = piece_rows("query", round_index, blocks), piece_rows("key", round_index, blocks)
                 q_blocks = _gather_rows(q, query_rows, bucket_size, buffers, "q")
-                k_blocks = _gather_rows(k, key_rows, n_keys, buffers, "k")
-                v_blocks = _gather_rows(v, key_rows, n_keys, buffers, "v")
-                # Empty query slots read token 0's gradient: zero it, so their rows of every gradient are 0.
+                k_blocks, v_blocks = _key_views(k, v, piece_rows, round_index, blocks, buffers)
                 grad_blocks = _gather_rows(grad_attended, query_rows, bucket_size, buffers, "grad")
-                grad_blocks.masked_fill_((layout.query_ids[:, round_index, blocks] >= seq_len)[..., None], 0.0)
+                if layout.empty_query_slots:
+                    # Empty query slots read token 0's gradient: zero it, so their rows of every gradient are 0.
+                    grad_blocks.masked_fill_((layout.query_ids[:, round_index, blocks] >= seq_len)[..., None], 0.0)
                 out_blocks = _gather_rows(out, query_rows, bucket_size, buffers, "out")
                 lse_blocks = _gather_rows(merged_lse[..., None], query_rows, bucket_size)[..., 0]
                 grad_q_blocks, grad_k_blocks, grad_v_blocks = _block_backward(
