@@ -306,6 +306,9 @@ def _dropout_keep(layout: LSHLayout, dropout_p: float, generator: torch.Generato
 # after call, and the per-piece buffers (gathered blocks, mask) stay small too.
 _PIECE_BYTES = 8 << 20
 
+# F.normalize's default: keys are q / max(|q|, eps) under shared QK.
+_NORMALIZE_EPS = 1e-12
+
 
 def _blocks_per_piece(groups: int, n_keys: int, width: int, element_size: int) -> int:
     return max(1, _PIECE_BYTES // (groups * n_keys * width * element_size))
@@ -321,16 +324,23 @@ class _LSHAttentionFunction(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx,
         q: torch.Tensor,
-        k: torch.Tensor,
+        k: torch.Tensor | None,
         v: torch.Tensor,
         layout: LSHLayout,
         valid: torch.Tensor | None,
         scale: float,
-        self_fallback: bool,
+        shared_qk: bool,
         dropout_p: float,
         generator_state: torch.Tensor | None,
     ) -> torch.Tensor:
         groups, seq_len, _ = q.shape
+        query_norm = None
+        if shared_qk:
+            # Keys are the unit-normalised queries (as F.normalize computes them); normalising here lets the
+            # backward fold the normalisation's gradient into q's in a few passes.
+            query_norm = q.norm(2, dim=-1, keepdim=True)
+            k = q / query_norm.clamp_min(_NORMALIZE_EPS)
+        assert k is not None
         acc = torch.promote_types(q.dtype, torch.float32)
         slots_per_round = layout.query_ids[0, 0].numel()
         n_blocks, bucket_size = layout.query_ids.shape[2], layout.query_ids.shape[3]
@@ -405,16 +415,15 @@ class _LSHAttentionFunction(torch.autograd.Function):
 
         no_key = torch.isneginf(running_max)
         # Dividing by the weight sum (not assuming it is 1) keeps rows whose logits are all tiny exact.
-        out = (weighted / weight_sum.clamp(min=torch.finfo(acc).tiny)[..., None]).to(v.dtype)
+        out = weighted.div_(weight_sum.clamp(min=torch.finfo(acc).tiny)[..., None]).masked_fill_(no_key[..., None], 0.0)
         merged_lse = torch.where(no_key, 0.0, running_max + torch.log(weight_sum.clamp(min=torch.finfo(acc).tiny)))
-        if self_fallback:
+        fallback = None
+        if shared_qk:
             fallback = no_key if valid is None else no_key & valid
-            out = torch.where(fallback[..., None], v, out.masked_fill(no_key[..., None], 0.0))
-        else:
-            fallback = torch.zeros_like(no_key)
-            out = out.masked_fill(no_key[..., None], 0.0)
+            out = torch.where(fallback[..., None], v, out)
+        out = out.to(v.dtype)
 
-        ctx.save_for_backward(q, k, v, out, merged_lse, no_key, fallback)
+        ctx.save_for_backward(q, k, v, out, merged_lse, no_key, fallback, query_norm)
         ctx.layout = layout
         ctx.keeps = keeps
         ctx.piece_rows = piece_rows
@@ -426,7 +435,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        q, k, v, out, merged_lse, no_key, fallback = ctx.saved_tensors
+        q, k, v, out, merged_lse, no_key, fallback, query_norm = ctx.saved_tensors
         layout: LSHLayout = ctx.layout
         seq_len = q.shape[1]
         dropout_generator = _dropout_generator(ctx.generator_state, ctx.dropout_p, q.device)
@@ -466,7 +475,16 @@ class _LSHAttentionFunction(torch.autograd.Function):
             del keep, dropout_mask
         grad_q = grad_q.reshape(q.shape)
         grad_k = grad_k.reshape(k.shape)
-        grad_v = grad_v.reshape(v.shape) + torch.where(fallback[..., None], grad_out, 0.0)
+        # A token that falls back to itself returns its own value.
+        grad_v = grad_v.reshape(v.shape)
+        if fallback is not None:
+            grad_v.addcmul_(grad_out, fallback[..., None].to(grad_out.dtype))
+        if query_norm is not None:
+            # Gradient of k = q / max(|q|, eps): (g - k (k . g)) / |q|, or g / eps where |q| < eps.
+            norm = query_norm.to(acc)
+            radial = (grad_k * k.to(acc)).sum(dim=-1, keepdim=True).masked_fill_(norm < _NORMALIZE_EPS, 0.0)
+            grad_q += grad_k.addcmul_(k.to(acc), radial, value=-1.0).div_(norm.clamp_min(_NORMALIZE_EPS))
+            return grad_q.to(q.dtype), None, grad_v.to(v.dtype), None, None, None, None, None, None
         return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), None, None, None, None, None, None
 
 
@@ -624,11 +642,9 @@ def lsh_attention(
     if generator is None:
         generator = torch.Generator(device=q.device if q.device.type != "meta" else "cpu")
         generator.manual_seed(_DEFAULT_SEED)
-    keys = F.normalize(q, dim=-1) if shared_qk else k
-    assert keys is not None
     groups = batch * heads
     q_flat = q.reshape(groups, seq_len, head_dim)
-    k_flat = keys.reshape(groups, seq_len, head_dim)
+    k_flat = None if shared_qk else k.reshape(groups, seq_len, head_dim)
     v_flat = v.reshape(groups, seq_len, v.shape[-1])
     if key_padding_mask is None:
         valid = None
