@@ -86,9 +86,12 @@ def hash_buckets(x: torch.Tensor, rotations: torch.Tensor, n_buckets: int) -> to
     # few thousand rows at a time, so each piece is reduced while it is still in cache (measured 1.5x faster
     # at 64K tokens than one matmul and reductions over the whole) and never exists in full.
     chunk = max(_HASH_CHUNK_MIN_ROWS, _HASH_CHUNK_VALUES // (n_hashes * half))
+    # One buffer for every piece's projections: a fresh one each time page-faults when glibc maps it anew.
+    projected_buffer = torch.empty(min(chunk, rows.shape[0]), n_hashes * half, device=x.device)
     for start in range(0, rows.shape[0], chunk):
-        projected = torch.matmul(rows[start : start + chunk].float(), flat_rotations).unflatten(-1, (n_hashes, half))
-        buckets[start : start + chunk] = _signed_argmax(projected)
+        piece = rows[start : start + chunk].float()
+        projected = torch.matmul(piece, flat_rotations, out=projected_buffer[: piece.shape[0]])
+        buckets[start : start + chunk] = _signed_argmax(projected.unflatten(-1, (n_hashes, half)))
     return buckets.reshape(groups, seq_len, n_hashes).transpose(1, 2).contiguous()
 
 
