@@ -26,6 +26,10 @@ Usage::
     python benchmarks/lsh_attention.py --lengths 1024 4096 16384 65536 --hashes 1 4 --markdown-out out.md \
         --plot-out out.png
     python benchmarks/lsh_attention.py --plot-from out.md --plot-out out.png   # re-plot a saved table
+
+``--rounds R`` runs every (L, n_hashes) group's cells R times, rotating their order, and reports medians over
+the rounds: on a machine whose speed drifts (a shared VM), cells run minutes apart otherwise see different
+machines, and the ratios between implementations inherit the drift.
 """
 
 from __future__ import annotations
@@ -222,12 +226,45 @@ def plot(rows: list[dict], path: str, title: str = "") -> None:
     plt.close(figure)
 
 
+def _run_cell(impl: str, length: int, n_hashes: int, args: argparse.Namespace) -> dict:
+    """One cell in a fresh subprocess; a failure or timeout becomes a row saying so."""
+    command = [
+        sys.executable, __file__, "--cell", f"{impl}:{length}:{n_hashes}",
+        "--repeats", str(args.repeats), "--threads", str(args.threads),
+    ]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"impl": impl, "length": length, "n_hashes": n_hashes, "failed": f"timeout {args.timeout}s"}
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["?"])[-1]
+        return {"impl": impl, "length": length, "n_hashes": n_hashes, "failed": last[:120]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _combine(runs: list[dict]) -> dict:
+    """One row from a cell's rounds: median times and peak memory over the rounds that did not fail."""
+    done = [run for run in runs if "failed" not in run]
+    if not done:
+        return runs[-1]
+    row = dict(done[0])
+    for key in ("forward_s", "fwd_bwd_s", "peak_mb"):
+        row[key] = statistics.median(run[key] for run in done)
+    row["rounds"] = len(done)
+    return row
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
     parser.add_argument("--hashes", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--impls", nargs="+", default=list(IMPLEMENTATIONS), choices=IMPLEMENTATIONS)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="run every (L, n_hashes) group's cells this many times, rotating their order, and report the "
+        "median over rounds (so a slow drift of the machine's speed hits every implementation alike)",
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--timeout", type=int, default=900, help="seconds per cell")
     parser.add_argument("--markdown-out", default=None)
@@ -255,23 +292,17 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for length in args.lengths:
         for n_hashes in args.hashes:
-            for impl in args.impls:
-                if impl == "sdpa-full" and (length > 16384 or n_hashes != args.hashes[0]):
-                    continue
-                command = [
-                    sys.executable, __file__, "--cell", f"{impl}:{length}:{n_hashes}",
-                    "--repeats", str(args.repeats), "--threads", str(args.threads),
-                ]
-                try:
-                    done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
-                    if done.returncode != 0:
-                        last = (done.stderr.strip().splitlines() or ["?"])[-1]
-                        rows.append({"impl": impl, "length": length, "n_hashes": n_hashes, "failed": last[:120]})
-                    else:
-                        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-                except subprocess.TimeoutExpired:
-                    rows.append({"impl": impl, "length": length, "n_hashes": n_hashes, "failed": f"timeout {args.timeout}s"})
-                print(rows[-1], file=sys.stderr, flush=True)
+            impls = [
+                impl for impl in args.impls
+                if not (impl == "sdpa-full" and (length > 16384 or n_hashes != args.hashes[0]))
+            ]
+            runs: dict[str, list[dict]] = {impl: [] for impl in impls}
+            for round_index in range(args.rounds):
+                shift = round_index % len(impls)
+                for impl in impls[shift:] + impls[:shift]:
+                    runs[impl].append(_run_cell(impl, length, n_hashes, args))
+                    print(runs[impl][-1], file=sys.stderr, flush=True)
+            rows.extend(_combine(runs[impl]) for impl in impls)
 
     lines = [
         f"Machine: {cpu_name()}, {args.threads} threads; torch {torch.__version__}; "
