@@ -320,7 +320,7 @@ def sorted_layout(
         empty_query_slots=has_padding,
         _visible=visible,
         _drop_seen=drop_seen,
-        key_order=key_order.reshape(groups, rounds, padded_len) if n_blocks > 1 else None,
+        key_order=key_order if n_blocks > 1 else None,
     )
 
 

@@ -173,14 +173,12 @@ def _logit_bias(
     ``buffers["bias"]`` when given, reused across rounds)."""
     if keep is None:
         return None
-    zero = torch.zeros((), dtype=dtype, device=keep.device)
-    minus_inf = torch.full((), float("-inf"), dtype=dtype, device=keep.device)
     pattern = keep_pattern(keep)
-    if pattern is not keep:
-        # One pattern for every block: the kernels read a broadcast bias as such.
+    if pattern is not keep or buffers is None:
+        # (A broadcast pattern stays one: the kernels read a broadcast bias as such.)
+        zero = torch.zeros((), dtype=dtype, device=keep.device)
+        minus_inf = torch.full((), float("-inf"), dtype=dtype, device=keep.device)
         return torch.where(pattern, zero, minus_inf).expand(keep.shape)
-    if buffers is None:
-        return torch.where(keep, zero, minus_inf)
     int_dtype, minus_inf_bits = _MINUS_INF_BITS[dtype]
     if "bias" not in buffers or buffers["bias"].numel() < keep.numel():
         buffers["bias"] = torch.empty(keep.numel(), dtype=int_dtype, device=keep.device)
