@@ -97,14 +97,19 @@ def _gather_rows(
     reuse one buffer instead of allocating, and page-faulting, a fresh one each.
     """
     groups, _, width = x.shape
-    flat = x.reshape(-1, width)
+    return _select_rows(x, rows, buffers, name).reshape(groups, slots, -1, width).transpose(1, 2)
+
+
+def _select_rows(
+    x: torch.Tensor, rows: torch.Tensor, buffers: dict[str, torch.Tensor] | None, name: str
+) -> torch.Tensor:
+    """Rows of the (G * N, d) flattening of x at ``rows``, into ``buffers[name]`` when buffers are given."""
+    flat = x.reshape(-1, x.shape[-1])
     if buffers is None:
-        gathered = flat.index_select(0, rows)
-    else:
-        if name not in buffers or buffers[name].shape[0] < rows.numel():
-            buffers[name] = flat.new_empty(rows.numel(), width)
-        gathered = torch.index_select(flat, 0, rows, out=buffers[name][: rows.numel()])
-    return gathered.reshape(groups, slots, -1, width).transpose(1, 2)
+        return flat.index_select(0, rows)
+    if name not in buffers or buffers[name].shape[0] < rows.numel():
+        buffers[name] = flat.new_empty(rows.numel(), flat.shape[-1])
+    return torch.index_select(flat, 0, rows, out=buffers[name][: rows.numel()])
 
 
 def _gather_windows(
@@ -117,10 +122,7 @@ def _gather_windows(
     flash kernels take such strided inputs, measured no slower than contiguous ones).
     """
     groups, _, width = x.shape
-    flat = x.reshape(-1, width)
-    if name not in buffers or buffers[name].shape[0] < rows.numel():
-        buffers[name] = flat.new_empty(rows.numel(), width)
-    gathered = torch.index_select(flat, 0, rows, out=buffers[name][: rows.numel()])
+    gathered = _select_rows(x, rows, buffers, name)
     per_group = rows.numel() // groups
     n_views = per_group // bucket_size - 1
     return gathered.as_strided(
