@@ -54,18 +54,25 @@ class PeakRSS:
         return (self.peak - self.baseline) / 2**20
 
 
-def matmul_peak_gflops(threads: int) -> float:
-    """Best of six 2048^3 fp32 GEMMs, in GFLOP/s: the bound the matmul-share columns divide by."""
+def matmul_peak_gflops(threads: int, device: str = "cpu", dtype: str = "float32") -> float:
+    """Best of six square GEMMs in GFLOP/s (2048^3 on CPU, 8192^3 on CUDA, random data): the bound the
+    matmul-share columns divide by."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    size = 8192 if device == "cuda" else 2048
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=generator).to(device, getattr(torch, dtype)) for _ in range(2))
     best = float("inf")
     for _ in range(6):
+        if device == "cuda":
+            torch.cuda.synchronize()
         start = time.perf_counter()
         a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
-    return 2 * 2048**3 / best / 1e9
+    return 2 * size**3 / best / 1e9
 
 
 def write_outputs(table: str, markdown_out: str | None, json_out: str | None, payload: object) -> None:

@@ -47,10 +47,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import PeakRSS, cpu_name, matmul_peak_gflops, write_outputs  # noqa: E402
 
 HEADS, HEAD_DIM, BUCKET = 4, 64, 64
-IMPLEMENTATIONS = ("chunkformer", "reformer-pytorch", "hf-reformer", "sdpa-full")
+# "chunkformer" runs the dispatch's automatic backend; "chunkformer-<backend>" pins one (sdpa, xformers, math).
+OURS = ("chunkformer", "chunkformer-sdpa", "chunkformer-xformers", "chunkformer-math")
+IMPLEMENTATIONS = (*OURS, "reformer-pytorch", "hf-reformer", "sdpa-full")
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
-def _clustered_inputs(length: int, seed: int):
+def _clustered_inputs(length: int, seed: int, device: str = "cpu", dtype: str = "fp32"):
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -59,20 +62,26 @@ def _clustered_inputs(length: int, seed: int):
     qk = torch.gather(centres, 1, assign[..., None].expand(-1, -1, HEAD_DIM))
     qk = qk + torch.randn(HEADS, length, HEAD_DIM, generator=generator)
     v = torch.randn(HEADS, length, HEAD_DIM, generator=generator)
-    return qk[None], v[None]
+    torch_dtype = getattr(torch, DTYPES[dtype])
+    return qk[None].to(device, torch_dtype), v[None].to(device, torch_dtype)
 
 
-def _build(impl: str, n_hashes: int, length: int):
+def _build(impl: str, n_hashes: int, length: int, device: str = "cpu", dtype: str = "fp32"):
     """A function (qk, v) -> out of shape (1, H, L, d) for the implementation."""
     import torch
     import torch.nn.functional as F
 
-    if impl == "chunkformer":
-        from chunkformer.ops import lsh_attention
+    if impl in OURS:
+        from chunkformer.ops import lsh_attention, use_backend
+
+        backend = impl.partition("-")[2] or None
 
         def run(qk, v):
-            generator = torch.Generator().manual_seed(0)
-            return lsh_attention(qk, None, v, bucket_size=BUCKET, n_hashes=n_hashes, shared_qk=True, generator=generator)
+            generator = torch.Generator(device=qk.device).manual_seed(0)
+            with use_backend(backend):
+                return lsh_attention(
+                    qk, None, v, bucket_size=BUCKET, n_hashes=n_hashes, shared_qk=True, generator=generator
+                )
 
         return run
     if impl == "reformer-pytorch":
@@ -102,7 +111,7 @@ def _build(impl: str, n_hashes: int, length: int):
             lsh_attention_probs_dropout_prob=0.0,
             attn_layers=["lsh"],
         )
-        layer = LSHSelfAttention(config)
+        layer = LSHSelfAttention(config).to(device, getattr(torch, DTYPES[dtype]))
         # Identity projections, so the layer attends the given vectors (and the error is comparable).
         with torch.no_grad():
             layer.query_key.weight.copy_(torch.eye(HEADS * HEAD_DIM))
@@ -111,7 +120,6 @@ def _build(impl: str, n_hashes: int, length: int):
         def run(qk, v):
             # HF's layer takes one hidden state for both: feed qk, and v through its value projection.
             hidden = qk.transpose(1, 2).flatten(2)
-            layer.value.weight.data.copy_(torch.eye(HEADS * HEAD_DIM))
             out = layer(hidden).hidden_states
             return out.reshape(1, length, HEADS, HEAD_DIM).transpose(1, 2)
 
@@ -120,35 +128,63 @@ def _build(impl: str, n_hashes: int, length: int):
 
         def run(qk, v):
             keys = F.normalize(qk, dim=-1)
-            mask = ~torch.eye(qk.shape[-2], dtype=torch.bool)
+            mask = ~torch.eye(qk.shape[-2], dtype=torch.bool, device=qk.device)
             return F.scaled_dot_product_attention(qk, keys, v, attn_mask=mask)
 
         return run
     raise ValueError(f"unknown implementation {impl!r}; expected one of {IMPLEMENTATIONS}")
 
 
-def _cell(impl: str, length: int, n_hashes: int, repeats: int, threads: int) -> dict:
+class _CudaPeak:
+    """Peak CUDA memory allocated inside the block, over what was allocated at entry (the inputs)."""
+
+    def __enter__(self) -> "_CudaPeak":
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        self._baseline = torch.cuda.memory_allocated()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        torch.cuda.synchronize()
+        self.peak_mb = (torch.cuda.max_memory_allocated() - self._baseline) / 2**20
+
+
+def _cell(
+    impl: str, length: int, n_hashes: int, repeats: int, threads: int, device: str = "cpu", dtype: str = "fp32"
+) -> dict:
     """Run one cell in this process and return its measurements."""
     import torch
 
     torch.set_num_threads(threads)
-    qk, v = _clustered_inputs(length, seed=1)
+    cuda = device == "cuda"
+
+    def clock() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    qk, v = _clustered_inputs(length, seed=1, device=device, dtype=dtype)
     qk.requires_grad_(True)
     v.requires_grad_(True)
-    run = _build(impl, n_hashes, length)
-    with PeakRSS() as memory:
-        run(qk, v).sum().backward()
+    run = _build(impl, n_hashes, length, device, dtype)
+    with _CudaPeak() if cuda else PeakRSS() as memory:
+        run(qk, v).float().sum().backward()
     peak_mb = memory.peak_mb
     forward, both = [], []
     for _ in range(repeats):
         with torch.no_grad():
-            start = time.perf_counter()
+            start = clock()
             run(qk, v)
-            forward.append(time.perf_counter() - start)
+            forward.append(clock() - start)
         qk.grad = v.grad = None
-        start = time.perf_counter()
-        run(qk, v).sum().backward()
-        both.append(time.perf_counter() - start)
+        start = clock()
+        run(qk, v).float().sum().backward()
+        both.append(clock() - start)
     result = {
         "impl": impl,
         "length": length,
@@ -164,10 +200,12 @@ def _cell(impl: str, length: int, n_hashes: int, repeats: int, threads: int) -> 
         with torch.no_grad():
             # HF's layer attends its own input (value = query-key input), so every row uses v = qk.
             values = qk
-            approx = run(qk, values)
-            keys = F.normalize(qk, dim=-1)
-            mask = ~torch.eye(length, dtype=torch.bool)
-            exact = F.scaled_dot_product_attention(qk, keys, values, attn_mask=mask)
+            approx = run(qk, values).float()
+            # Exact attention in float32 on the same (possibly rounded) inputs.
+            wide = qk.float()
+            keys = F.normalize(wide, dim=-1)
+            mask = ~torch.eye(length, dtype=torch.bool, device=qk.device)
+            exact = F.scaled_dot_product_attention(wide, keys, wide, attn_mask=mask)
             result["error"] = float((approx - exact).norm() / exact.norm())
     return result
 
@@ -209,8 +247,10 @@ def plot(rows: list[dict], path: str, title: str = "") -> None:
             label = impl if impl == "sdpa-full" else f"{impl}, {n_hashes} round{'s' if n_hashes > 1 else ''}"
             lengths = [r["length"] for r in cell]
             style = dict(marker="o", linestyle=styles.get(n_hashes, ":"), label=label,
-                         color={"chunkformer": "tab:blue", "reformer-pytorch": "tab:orange",
-                                "hf-reformer": "tab:green", "sdpa-full": "tab:gray"}[impl])
+                         color={"chunkformer": "tab:blue", "chunkformer-sdpa": "tab:blue",
+                                "chunkformer-xformers": "tab:purple", "chunkformer-math": "tab:cyan",
+                                "reformer-pytorch": "tab:orange", "hf-reformer": "tab:green",
+                                "sdpa-full": "tab:gray"}[impl])
             time_axes.plot(lengths, [r["fwd_bwd_s"] for r in cell], **style)
             memory_axes.plot(lengths, [r["peak_mb"] for r in cell], **style)
     for axes, ylabel in ((time_axes, "forward + backward (s)"), (memory_axes, "peak memory (MB)")):
@@ -231,8 +271,18 @@ def _run_cell(impl: str, length: int, n_hashes: int, args: argparse.Namespace) -
     """One cell in a fresh subprocess; a failure or timeout becomes a row saying so."""
     command = [
         sys.executable, __file__, "--cell", f"{impl}:{length}:{n_hashes}",
-        "--repeats", str(args.repeats), "--threads", str(args.threads),
+        "--repeats", str(args.repeats), "--threads", str(args.threads), "--device", args.device, "--dtype", args.dtype,
     ]
+    if args.in_process:
+        try:
+            return _cell(impl, length, n_hashes, args.repeats, args.threads, args.device, args.dtype)
+        except Exception as error:  # a peer that cannot run this cell (out of memory, unsupported dtype)
+            return {"impl": impl, "length": length, "n_hashes": n_hashes, "failed": f"{type(error).__name__}: {error}"[:120]}
+        finally:
+            if args.device == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
@@ -272,6 +322,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json-out", default=None)
     parser.add_argument("--plot-out", default=None, help="also draw time and memory against L (PNG)")
     parser.add_argument("--plot-from", default=None, help="only re-plot the rows of a table this script wrote")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
+    parser.add_argument(
+        "--in-process", action="store_true",
+        help="run the cells in this process (on CUDA, peak memory comes from the allocator's own statistics, "
+        "so a fresh process per cell is not needed; saves the CUDA start-up per cell)",
+    )
     parser.add_argument("--cell", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -284,12 +341,12 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.cell:
         impl, length, n_hashes = args.cell.split(":")
-        print(json.dumps(_cell(impl, int(length), int(n_hashes), args.repeats, args.threads)))
+        print(json.dumps(_cell(impl, int(length), int(n_hashes), args.repeats, args.threads, args.device, args.dtype)))
         return
 
     import torch
 
-    peak_before = matmul_peak_gflops(args.threads)
+    peak_before = matmul_peak_gflops(args.threads, args.device, DTYPES[args.dtype])
     rows = []
     for length in args.lengths:
         for n_hashes in args.hashes:
@@ -307,11 +364,14 @@ def main(argv: list[str] | None = None) -> None:
 
     # Measured before and after the cells; the shares divide by the higher of the two, so a slow moment of
     # the machine during one measurement cannot inflate them.
-    peak_after = matmul_peak_gflops(args.threads)
+    peak_after = matmul_peak_gflops(args.threads, args.device, DTYPES[args.dtype])
     peak = max(peak_before, peak_after)
+    machine = f"{cpu_name()}, {args.threads} threads"
+    if args.device == "cuda":
+        machine = f"{torch.cuda.get_device_name()} (host {cpu_name()})"
     lines = [
-        f"Machine: {cpu_name()}, {args.threads} threads; torch {torch.__version__}; "
-        f"fp32 GEMM peak measured {peak_before:.1f} GFLOP/s before the cells and {peak_after:.1f} after "
+        f"Machine: {machine}; torch {torch.__version__}; {args.dtype}; "
+        f"{args.dtype} GEMM peak measured {peak_before:.1f} GFLOP/s before the cells and {peak_after:.1f} after "
         f"(shares use {peak:.1f})",
         f"Command: `python benchmarks/lsh_attention.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
         "",
@@ -321,7 +381,8 @@ def main(argv: list[str] | None = None) -> None:
     for length in args.lengths:
         for n_hashes in args.hashes:
             cell_rows = [r for r in rows if r["length"] == length and r["n_hashes"] == n_hashes]
-            ours = next((r for r in cell_rows if r["impl"] == "chunkformer" and "failed" not in r), None)
+            # "vs ours": against the first of our rows (the automatic backend when it ran).
+            ours = next((r for r in cell_rows if r["impl"] in OURS and "failed" not in r), None)
             for row in cell_rows:
                 if "failed" in row:
                     lines.append(f"| {length} | {n_hashes} | {row['impl']} | failed: {row['failed']} | | | | | |")

@@ -22,8 +22,16 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
+from chunkformer.ops.attention import current_backend
+from chunkformer.ops.block_attention import (
+    block_backward,
+    block_forward,
+    block_kernel,
+    kernel_width,
+    takes_overlapping_keys,
+    zeroes_empty_rows,
+)
 from chunkformer.ops.lsh import (
     LSHLayout,
     bucket_aligned_layout,
@@ -144,9 +152,11 @@ def _key_views(
     round_index: int,
     blocks: slice,
     buffers: dict[str, torch.Tensor],
+    windows: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Key and value views (G, P, K, d) of one piece: overlapping windows when the layout allows it."""
-    if piece_rows.key_order is not None:
+    """Key and value views (G, P, K, d) of one piece: overlapping windows when the layout and the kernel
+    allow it."""
+    if windows and piece_rows.key_order is not None:
         rows = piece_rows("window", round_index, blocks)
         size = piece_rows.bucket_size
         return _gather_windows(k, rows, size, buffers, "k"), _gather_windows(v, rows, size, buffers, "v")
@@ -189,95 +199,6 @@ def _logit_bias(
     return bits.view(dtype)
 
 
-def _use_flash(q: torch.Tensor, dropout_p: float) -> bool:
-    # The CPU flash kernel returns the log-sum-exp and has a matching backward; it has no dropout.
-    return q.device.type == "cpu" and dropout_p == 0.0
-
-
-def _kernel_width(q: torch.Tensor, v: torch.Tensor) -> int:
-    """One head size for q, k and v, rounded up to a multiple of 8: the CPU flash kernel's vector tail for
-    other widths rounds a row differently depending on its batch position (measured for odd widths in
-    float32), which would break bitwise causality. Zero padding changes no dot product."""
-    return -(-max(q.shape[-1], v.shape[-1]) // 8) * 8
-
-
-def _pad_last(x: torch.Tensor, width: int) -> torch.Tensor:
-    return x if x.shape[-1] == width else F.pad(x, (0, width - x.shape[-1]))
-
-
-def _block_forward(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    bias: torch.Tensor | None,
-    scale: float,
-    dropout_keep: torch.Tensor | None,
-    dropout_p: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention of every query block on its key view: output and float32 log-sum-exp per query."""
-    if dropout_keep is None and _use_flash(q, dropout_p):
-        width = _kernel_width(q, v)
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            _pad_last(q, width), _pad_last(k, width), _pad_last(v, width), attn_mask=bias, scale=scale
-        )
-        return out[..., : v.shape[-1]], lse
-    acc = torch.promote_types(q.dtype, torch.float32)
-    logits = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale
-    if bias is not None:
-        logits = logits + bias.to(acc)
-    lse = torch.logsumexp(logits, dim=-1)
-    weights = torch.exp(logits - torch.where(torch.isfinite(lse), lse, 0.0)[..., None])
-    if dropout_keep is not None:
-        weights = weights * dropout_keep / (1.0 - dropout_p)
-    return torch.matmul(weights, v.to(acc)).to(v.dtype), lse
-
-
-def _block_backward(
-    grad_out: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    bias: torch.Tensor | None,
-    scale: float,
-    dropout_keep: torch.Tensor | None,
-    dropout_p: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of one set of blocks given the MERGED output and log-sum-exp (see the module docstring)."""
-    if dropout_keep is None and _use_flash(q, dropout_p):
-        width = _kernel_width(q, v)
-        grad_q, grad_k, grad_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            _pad_last(grad_out, width),
-            _pad_last(q, width),
-            _pad_last(k, width),
-            _pad_last(v, width),
-            _pad_last(out, width),
-            lse,
-            0.0,
-            False,
-            attn_mask=bias,
-            scale=scale,
-        )
-        return grad_q[..., : q.shape[-1]], grad_k[..., : k.shape[-1]], grad_v[..., : v.shape[-1]]
-    acc = torch.promote_types(q.dtype, torch.float32)
-    qf, kf, vf, gf = q.to(acc), k.to(acc), v.to(acc), grad_out.to(acc)
-    logits = torch.matmul(qf, kf.transpose(-1, -2)) * scale
-    if bias is not None:
-        logits = logits + bias.to(acc)
-    weights = torch.exp(logits - lse.to(acc)[..., None])
-    delta = (gf * out.to(acc)).sum(dim=-1, keepdim=True)
-    kept = weights if dropout_keep is None else weights * dropout_keep / (1.0 - dropout_p)
-    grad_v = torch.matmul(kept.transpose(-1, -2), gf)
-    grad_kept = torch.matmul(gf, vf.transpose(-1, -2))
-    if dropout_keep is not None:
-        grad_kept = grad_kept * dropout_keep / (1.0 - dropout_p)
-    grad_logits = weights * (grad_kept - delta)
-    grad_q = torch.matmul(grad_logits, kf) * scale
-    grad_k = torch.matmul(grad_logits.transpose(-1, -2), qf) * scale
-    return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype)
-
-
 def _dropout_generator(
     generator_state: torch.Tensor | None, dropout_p: float, device: torch.device
 ) -> torch.Generator | None:
@@ -307,13 +228,17 @@ def _dropout_keep(layout: LSHLayout, dropout_p: float, generator: torch.Generato
 # benchmark's cell loop (forward, then forward+backward, repeated): page faults per step at 4K tokens 15-21K
 # -> 0-4K and time 0.17 -> 0.13-0.15 s; 16K 0.58 -> 0.55 s; 64K 3.25 -> 2.9-3.1 s.
 _PIECE_BYTES = 2 << 20
+# On a GPU the page-fault argument does not apply (the caching allocator reuses blocks) and every piece costs
+# a dozen kernel launches: pieces there are large, a whole round at 64K tokens and 4 heads in bf16.
+_CUDA_PIECE_BYTES = 64 << 20
 
 # F.normalize's default: keys are q / max(|q|, eps) under shared QK.
 _NORMALIZE_EPS = 1e-12
 
 
-def _blocks_per_piece(groups: int, n_keys: int, width: int, element_size: int) -> int:
-    return max(1, _PIECE_BYTES // (groups * n_keys * width * element_size))
+def _blocks_per_piece(groups: int, n_keys: int, width: int, element_size: int, device_type: str = "cpu") -> int:
+    piece_bytes = _CUDA_PIECE_BYTES if device_type == "cuda" else _PIECE_BYTES
+    return max(1, piece_bytes // (groups * n_keys * width * element_size))
 
 
 class _LSHAttentionFunction(torch.autograd.Function):
@@ -334,6 +259,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
         shared_qk: bool,
         dropout_p: float,
         generator_state: torch.Tensor | None,
+        kernel: str,
     ) -> torch.Tensor:
         groups, seq_len, _ = q.shape
         query_norm = None
@@ -347,7 +273,8 @@ class _LSHAttentionFunction(torch.autograd.Function):
         slots_per_round = layout.query_ids[0, 0].numel()
         n_blocks, bucket_size = layout.query_ids.shape[2], layout.query_ids.shape[3]
         n_keys = layout.key_ids.shape[3]
-        blocks_per_piece = _blocks_per_piece(groups, n_keys, _kernel_width(q, v), q.element_size())
+        blocks_per_piece = _blocks_per_piece(groups, n_keys, kernel_width(q, v), q.element_size(), q.device.type)
+        windows = takes_overlapping_keys(kernel)
         dropout_generator = _dropout_generator(generator_state, dropout_p, q.device)
         running_max = torch.full((groups, seq_len), float("-inf"), dtype=acc, device=q.device)
         weight_sum = torch.zeros(groups, seq_len, dtype=acc, device=q.device)
@@ -386,8 +313,9 @@ class _LSHAttentionFunction(torch.autograd.Function):
                 blocks = slice(start, start + blocks_per_piece)
                 piece_keep = None if keep is None else keep[:, blocks]
                 query_rows = piece_rows("query", round_index, blocks)
-                k_blocks, v_blocks = _key_views(k, v, piece_rows, round_index, blocks, buffers)
-                piece_out, piece_lse = _block_forward(
+                k_blocks, v_blocks = _key_views(k, v, piece_rows, round_index, blocks, buffers, windows)
+                piece_out, piece_lse = block_forward(
+                    kernel,
                     _gather_rows(q, query_rows, bucket_size, buffers, "q"),
                     k_blocks,
                     v_blocks,
@@ -396,12 +324,15 @@ class _LSHAttentionFunction(torch.autograd.Function):
                     None if dropout_mask is None else dropout_mask[:, blocks],
                     dropout_p,
                 )
-                out_blocks[:, blocks] = piece_out
                 if piece_keep is not None:
                     # Kernels disagree on rows with no key in view (lse 0 or -inf): make it -inf.
                     # (a max over bytes: bool any() is not vectorised on CPU, measured 6x slower)
                     attends_none = keep_pattern(piece_keep).view(torch.uint8).amax(dim=-1) == 0
                     piece_lse = piece_lse.masked_fill(attends_none, float("-inf"))
+                    if not zeroes_empty_rows(kernel):
+                        # The merge weighs such a row by 0, which keeps 0 but not NaN.
+                        piece_out = piece_out.masked_fill(attends_none[..., None], 0.0)
+                out_blocks[:, blocks] = piece_out
                 lse_blocks[:, blocks] = piece_lse
             # Each token's row in this round; a token without a slot reads lse -inf.
             lse = lse_blocks.reshape(-1)[lse_index[:, round_index]].masked_fill(~placed[:, round_index], float("-inf"))
@@ -439,6 +370,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
         ctx.scale = scale
         ctx.dropout_p = dropout_p
         ctx.generator_state = generator_state
+        ctx.kernel = kernel
         return out
 
     @staticmethod
@@ -457,6 +389,8 @@ class _LSHAttentionFunction(torch.autograd.Function):
         piece_rows: _PieceRows = ctx.piece_rows
         n_blocks, bucket_size = layout.query_ids.shape[2], layout.query_ids.shape[3]
         blocks_per_piece: int = ctx.blocks_per_piece
+        kernel: str = ctx.kernel
+        windows = takes_overlapping_keys(kernel)
         for round_index in range(layout.rounds_used):
             keep = keeps[round_index]
             dropout_mask = _dropout_keep(layout, ctx.dropout_p, dropout_generator)
@@ -464,14 +398,15 @@ class _LSHAttentionFunction(torch.autograd.Function):
                 blocks = slice(start, start + blocks_per_piece)
                 query_rows, key_rows = piece_rows("query", round_index, blocks), piece_rows("key", round_index, blocks)
                 q_blocks = _gather_rows(q, query_rows, bucket_size, buffers, "q")
-                k_blocks, v_blocks = _key_views(k, v, piece_rows, round_index, blocks, buffers)
+                k_blocks, v_blocks = _key_views(k, v, piece_rows, round_index, blocks, buffers, windows)
                 grad_blocks = _gather_rows(grad_attended, query_rows, bucket_size, buffers, "grad")
                 if layout.empty_query_slots:
                     # Empty query slots read token 0's gradient: zero it, so their rows of every gradient are 0.
                     grad_blocks.masked_fill_((layout.query_ids[:, round_index, blocks] >= seq_len)[..., None], 0.0)
                 out_blocks = _gather_rows(out, query_rows, bucket_size, buffers, "out")
                 lse_blocks = _gather_rows(merged_lse[..., None], query_rows, bucket_size)[..., 0]
-                grad_q_blocks, grad_k_blocks, grad_v_blocks = _block_backward(
+                grad_q_blocks, grad_k_blocks, grad_v_blocks = block_backward(
+                    kernel,
                     grad_blocks, q_blocks, k_blocks, v_blocks, out_blocks, lse_blocks,
                     _logit_bias(None if keep is None else keep[:, blocks], q.dtype, buffers), ctx.scale,
                     None if dropout_mask is None else dropout_mask[:, blocks], ctx.dropout_p,
@@ -493,8 +428,8 @@ class _LSHAttentionFunction(torch.autograd.Function):
             # (einsum: no full-size temporary, measured 5x faster than (grad_k * k).sum at 64K tokens)
             radial = torch.einsum("gnd,gnd->gn", grad_k, k.to(acc))[..., None].masked_fill_(norm < _NORMALIZE_EPS, 0.0)
             grad_q += grad_k.addcmul_(k.to(acc), radial, value=-1.0).div_(norm.clamp_min(_NORMALIZE_EPS))
-            return grad_q.to(q.dtype), None, grad_v.to(v.dtype), None, None, None, None, None, None
-        return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), None, None, None, None, None, None
+            return grad_q.to(q.dtype), None, grad_v.to(v.dtype), None, None, None, None, None, None, None
+        return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), None, None, None, None, None, None, None
 
 
 def _check_lsh_inputs(
@@ -673,7 +608,8 @@ def lsh_attention(
             torch.rand(pairs, generator=generator, device=q.device)
 
     scale = 1.0 / math.sqrt(head_dim)
+    kernel = block_kernel(current_backend(q, k, v), q.device, dropout_p)
     out = _LSHAttentionFunction.apply(
-        q_flat, k_flat, v_flat, layout, valid, scale, shared_qk, dropout_p, generator_state
+        q_flat, k_flat, v_flat, layout, valid, scale, shared_qk, dropout_p, generator_state, kernel
     )
     return out.reshape(batch, heads, seq_len, v.shape[-1])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import importlib
+import importlib.util
 import math
 import re
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from hypothesis import strategies as st
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from chunkformer.ops import attention, default_n_buckets, lsh_attention
+from chunkformer.ops import attention, default_n_buckets, lsh_attention, use_backend
 
 # The module, not the function of the same name that chunkformer.ops exports.
 lsh_attention_module = importlib.import_module("chunkformer.ops.lsh_attention")
@@ -870,3 +871,96 @@ def test_logit_bias_is_zero_or_minus_inf(dtype: torch.dtype) -> None:
     bias = lsh_attention_module._logit_bias(piece, dtype, {})
     assert bias.dtype == dtype
     assert torch.equal(bias, torch.where(piece, 0.0, float("-inf")).to(dtype))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 10. Fused kernels (CPU flash; on CUDA, SDPA's memory-efficient kernels and xformers) against the math kernel
+# ----------------------------------------------------------------------------------------------------------
+
+
+def fused_backends() -> list[object]:
+    """(device, dispatch backend) pairs whose block kernel is a fused one; CUDA pairs skip without a GPU."""
+    no_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+    no_xformers = pytest.mark.skipif(
+        not torch.cuda.is_available() or importlib.util.find_spec("xformers") is None, reason="needs CUDA and xformers"
+    )
+    return [
+        pytest.param("cpu", "sdpa", id="cpu-sdpa"),
+        pytest.param("cuda", "sdpa", id="cuda-sdpa", marks=no_cuda),
+        pytest.param("cuda", "xformers", id="cuda-xformers", marks=no_xformers),
+    ]
+
+
+def on_device(case: LSHCase, device: str, dtype: torch.dtype) -> LSHCase:
+    mask = None if case.mask is None else case.mask.to(device)
+    return replace(case, q=case.q.to(device, dtype), k=case.k.to(device, dtype), v=case.v.to(device, dtype), mask=mask)
+
+
+def run_with_backend(case: LSHCase, backend: str, weights: torch.Tensor) -> list[torch.Tensor]:
+    """Output and gradients (of a fixed weighted sum) under one dispatch backend, rotations from a generator
+    on the inputs' device at the case's seed (so every backend sees the same layout)."""
+    inputs = [t.clone().requires_grad_(True) for t in (case.q, case.k, case.v)]
+    generator = torch.Generator(device=case.q.device).manual_seed(case.seed)
+    with use_backend(backend):
+        out = case.run(*inputs, generator=generator)
+    (out.float() * weights).sum().backward()
+    grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in inputs]
+    return [out.detach()] + grads
+
+
+@pytest.mark.parametrize("device,backend", fused_backends())
+@given(case=lsh_cases(max_len=300))
+def test_fused_kernels_match_the_math_kernel(device: str, backend: str, case: LSHCase) -> None:
+    case = on_device(case, device, torch.float32)
+    weights = torch.randn(case.v.shape, generator=torch.Generator().manual_seed(case.seed)).to(device)
+    fused = run_with_backend(case, backend, weights)
+    reference = run_with_backend(case, "math", weights)
+    for name, got, expected in zip(["output", "grad q", "grad k", "grad v"], fused, reference):
+        assert torch.isfinite(got).all(), name
+        scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
+        torch.testing.assert_close(got, expected, atol=2e-5 * scale, rtol=1e-4, msg=f"{name} differs")
+
+
+@pytest.mark.parametrize("device,backend", fused_backends())
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-2), (torch.bfloat16, 6e-2)], ids=["fp16", "bf16"])
+@given(case=lsh_cases(max_len=200), data=st.data())
+def test_fused_half_precision_is_finite_and_close_to_float32(
+    device: str, backend: str, dtype: torch.dtype, tol: float, case: LSHCase, data: st.DataObject
+) -> None:
+    batch, seq_len = case.q.shape[0], case.seq_len
+    mask = torch.zeros(batch, seq_len, dtype=torch.bool) if case.mask is None else case.mask.clone()
+    mask[:, data.draw(st.integers(0, seq_len - 1))] = True
+    if data.draw(st.booleans()):
+        mask[data.draw(st.integers(0, batch - 1))] = True  # a whole batch element of padding
+    half = on_device(replace(case, mask=mask), device, dtype)
+    wide = on_device(half, device, torch.float32)  # the same values, so the same buckets
+    weights = torch.randn(case.v.shape, generator=torch.Generator().manual_seed(case.seed)).to(device)
+    out, *grads = run_with_backend(half, backend, weights)
+    expected = run_with_backend(wide, "math", weights)[0]
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert (out[mask.to(device)[:, None, :, None].expand_as(out)] == 0).all()
+    torch.testing.assert_close(out.float(), expected, atol=tol, rtol=tol)
+    for grad in grads:
+        assert torch.isfinite(grad.float()).all()
+
+
+@pytest.mark.parametrize("device,backend", fused_backends())
+@given(
+    case=lsh_cases(min_len=100, max_len=300, bucket_sizes=st.integers(2, 8), n_buckets=st.sampled_from([4, 8]), causal=True),
+    data=st.data(),
+)
+def test_fused_kernels_are_strictly_causal(device: str, backend: str, case: LSHCase, data: st.DataObject) -> None:
+    case = on_device(case, device, torch.float32)
+    seq_len = case.seq_len
+    generator = torch.Generator(device=device)
+    with use_backend(backend):
+        out = case.run(generator=generator.manual_seed(case.seed))
+        cut = data.draw(st.integers(0, seq_len - 1), label="cut")
+        future = (torch.arange(seq_len) > cut).to(device)
+        g = torch.Generator().manual_seed(data.draw(SEEDS, label="perturbation seed"))
+        q, k, v = (
+            torch.where(future[None, None, :, None], 3 * randn(tuple(t.shape), g, torch.float32).to(device), t)
+            for t in (case.q, case.k, case.v)
+        )
+        perturbed = case.run(q, k, v, generator=generator.manual_seed(case.seed))
+    assert torch.equal(perturbed[:, :, : cut + 1], out[:, :, : cut + 1])

@@ -1,0 +1,242 @@
+"""Attention of query blocks on key views, returning the log-sum-exp, and its backward from a given output
+and log-sum-exp, on each backend's kernel.
+
+LSH attention (:mod:`chunkformer.ops.lsh_attention`) needs two things no public attention API gives: the
+log-sum-exp of every query's logits (to merge hash rounds), and a backward pass that takes the MERGED output
+and log-sum-exp instead of the ones its own forward produced (each round's share of the exact gradient). The
+kernels behind PyTorch's SDPA and xformers have both, one layer below their public functions:
+
+* ``"cpu_flash"``: PyTorch's CPU flash-attention kernels (what SDPA runs on CPU).
+* ``"cuda_efficient"``: PyTorch's CUDA memory-efficient kernels (what SDPA runs on CUDA for inputs with an
+  additive mask; its flash kernels take no mask).
+* ``"xformers"``: ``xformers.ops.fmha`` forward-with-lse and backward, dispatched by xformers among its
+  kernels that take a tensor bias (in xformers 0.0.35 that is cutlass, which calls the same PyTorch CUDA
+  kernels: expect the same speed as ``"cuda_efficient"``).
+* ``"math"``: matmul and softmax in float32 (or float64): any device, the only kernel with dropout (its masks
+  come from the caller's generator, which the fused kernels cannot use).
+
+:func:`block_kernel` picks one from the attention dispatch's backend (:func:`chunkformer.ops.current_backend`),
+so ``use_backend`` and ``CHUNKFORMER_ATTN_BACKEND`` steer LSH attention too.
+
+Shapes (all kernels): q (G, P, S, d), k (G, P, K, d), v (G, P, K, dv), bias broadcastable to (G, P, S, K) in
+q's dtype (0 or -inf) or None; out (G, P, S, dv) in q's dtype, lse (G, P, S) float32 (or float64). Every
+kernel reads its inputs through strides; the ones LSH attention passes are views of slot-major memory,
+(G, S, P, d), which is the (batch, length, heads, dim) layout the fused kernels work in, so they copy nothing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "BLOCK_KERNELS",
+    "block_backward",
+    "block_forward",
+    "block_kernel",
+    "kernel_width",
+    "takes_overlapping_keys",
+    "zeroes_empty_rows",
+]
+
+BLOCK_KERNELS: tuple[str, ...] = ("cpu_flash", "cuda_efficient", "xformers", "math")
+
+# The fused CUDA kernels store the log-sum-exp padded to a multiple of this many queries, and their backward
+# reads it so (PyTorch's kAlignLSE; xformers pads it the same way before calling them).
+_CUDA_LSE_ALIGNMENT = 32
+
+
+def block_kernel(backend: str, device: torch.device, dropout_p: float) -> str:
+    """The block kernel for a dispatch backend (``"sdpa"``, ``"xformers"`` or ``"math"``) on ``device``.
+
+    Dropout always takes ``"math"``: LSH attention draws its dropout masks from the caller's generator, and
+    the fused kernels draw their own.
+    """
+    if backend == "math" or dropout_p > 0.0:
+        return "math"
+    if backend == "xformers":
+        return "xformers" if device.type == "cuda" else "math"
+    if device.type == "cpu":
+        return "cpu_flash"
+    if device.type == "cuda":
+        return "cuda_efficient"
+    return "math"
+
+
+def takes_overlapping_keys(kernel: str) -> bool:
+    """Whether the kernel reads key views that share memory (overlapping windows) correctly. The CUDA
+    backward kernels allocate key gradients with the keys' strides, which would make overlapping windows
+    write over each other."""
+    return kernel in ("cpu_flash", "math")
+
+
+def zeroes_empty_rows(kernel: str) -> bool:
+    """Whether a query whose keys are all masked gets a zero output row (the CUDA kernels' rows are not
+    specified: 0 / 0 may give NaN)."""
+    return kernel in ("cpu_flash", "math")
+
+
+def kernel_width(q: torch.Tensor, v: torch.Tensor) -> int:
+    """One head size for q, k and v, rounded up to a multiple of 8: the CPU flash kernel's vector tail for
+    other widths rounds a row differently depending on its batch position (measured for odd widths in
+    float32), which would break bitwise causality, and the CUDA kernels need 16-byte aligned rows. Zero
+    padding changes no dot product."""
+    return -(-max(q.shape[-1], v.shape[-1]) // 8) * 8
+
+
+def _pad_last(x: torch.Tensor, width: int) -> torch.Tensor:
+    return x if x.shape[-1] == width else F.pad(x, (0, width - x.shape[-1]))
+
+
+def block_forward(
+    kernel: str,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor | None,
+    scale: float,
+    dropout_keep: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of every query block on its key view: output and log-sum-exp per query.
+
+    A query whose keys are all masked gets lse -inf only from some kernels (others give 0 or NaN rows):
+    callers mask such rows themselves.
+    """
+    if kernel == "math":
+        return _math_forward(q, k, v, bias, scale, dropout_keep, dropout_p)
+    width = kernel_width(q, v)
+    q_, k_, v_ = _pad_last(q, width), _pad_last(k, width), _pad_last(v, width)
+    if kernel == "cpu_flash":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q_, k_, v_, attn_mask=bias, scale=scale)
+        return out[..., : v.shape[-1]], lse
+    bias = _aligned_bias(bias, q, k)
+    # (G, P, S, d) -> (G, S, P, d): the kernels' (batch, length, heads, dim) layout.
+    q_, k_, v_ = (x.transpose(1, 2) for x in (q_, k_, v_))
+    if kernel == "cuda_efficient":
+        out, lse, *_ = torch.ops.aten._efficient_attention_forward(
+            q_, k_, v_, bias, None, None, None, None, 0.0, 0, True, scale=scale
+        )
+    elif kernel == "xformers":
+        from xformers.ops import fmha
+
+        out, lse = fmha.memory_efficient_attention_forward_requires_grad(q_, k_, v_, attn_bias=bias, scale=scale)
+    else:
+        raise ValueError(f"unknown block kernel {kernel!r}; expected one of {BLOCK_KERNELS}")
+    return out.transpose(1, 2)[..., : v.shape[-1]], lse[..., : q.shape[2]]
+
+
+def block_backward(
+    kernel: str,
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    bias: torch.Tensor | None,
+    scale: float,
+    dropout_keep: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of q, k and v for the given (merged) output and log-sum-exp, which need not be what
+    :func:`block_forward` returned: the weights are exp(logit - lse), the softmax Jacobian uses out."""
+    if kernel == "math":
+        return _math_backward(grad_out, q, k, v, out, lse, bias, scale, dropout_keep, dropout_p)
+    width = kernel_width(q, v)
+    padded = [_pad_last(x, width) for x in (grad_out, q, k, v, out)]
+    if kernel == "cpu_flash":
+        grad_q, grad_k, grad_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            *padded, lse, 0.0, False, attn_mask=bias, scale=scale
+        )
+    else:
+        bias = _aligned_bias(bias, q, k)
+        grad_, q_, k_, v_, out_ = (x.transpose(1, 2) for x in padded)
+        if kernel == "cuda_efficient":
+            # Rows past S are never read as queries; +inf there gives them weight 0 all the same.
+            lse_rows = -(-lse.shape[-1] // _CUDA_LSE_ALIGNMENT) * _CUDA_LSE_ALIGNMENT
+            padded_lse = F.pad(lse.float(), (0, lse_rows - lse.shape[-1]), value=math.inf).contiguous()
+            # (No dropout: the RNG state is not read. Sequence lengths -1: only read with cu_seqlens.)
+            no_rng = torch.empty(0)
+            grad_q, grad_k, grad_v, _ = torch.ops.aten._efficient_attention_backward(
+                grad_, q_, k_, v_, bias, out_, None, None, -1, -1, padded_lse, 0.0, no_rng, no_rng, 0, False,
+                scale=scale,
+            )
+        elif kernel == "xformers":
+            from xformers.ops import fmha
+
+            grad_q, grad_k, grad_v = fmha.memory_efficient_attention_backward(
+                grad_, out_, lse.float().contiguous(), q_, k_, v_, attn_bias=bias, scale=scale
+            )
+        else:
+            raise ValueError(f"unknown block kernel {kernel!r}; expected one of {BLOCK_KERNELS}")
+        grad_q, grad_k, grad_v = (x.transpose(1, 2) for x in (grad_q, grad_k, grad_v))
+    return grad_q[..., : q.shape[-1]], grad_k[..., : k.shape[-1]], grad_v[..., : v.shape[-1]]
+
+
+def _aligned_bias(bias: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
+    """The bias as the CUDA kernels take it: (G, P, S, K) with every stride but the last a multiple of 16
+    bytes (broadcast strides 0 included). A misaligned one (K not a multiple of 8 in 16-bit dtypes) is copied
+    into rows padded to that multiple."""
+    if bias is None:
+        return None
+    bias = bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    alignment = 16 // bias.element_size()
+    if bias.stride(-1) == 1 and all(stride % alignment == 0 for stride in bias.stride()[:-1]):
+        return bias
+    n_keys = bias.shape[-1]
+    storage = bias.new_empty(*bias.shape[:-1], -(-n_keys // alignment) * alignment)
+    storage[..., :n_keys] = bias
+    return storage[..., :n_keys]
+
+
+def _math_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor | None,
+    scale: float,
+    dropout_keep: torch.Tensor | None,
+    dropout_p: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    acc = torch.promote_types(q.dtype, torch.float32)
+    logits = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale
+    if bias is not None:
+        logits = logits + bias.to(acc)
+    lse = torch.logsumexp(logits, dim=-1)
+    weights = torch.exp(logits - torch.where(torch.isfinite(lse), lse, 0.0)[..., None])
+    if dropout_keep is not None:
+        weights = weights * dropout_keep / (1.0 - dropout_p)
+    return torch.matmul(weights, v.to(acc)).to(v.dtype), lse
+
+
+def _math_backward(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    bias: torch.Tensor | None,
+    scale: float,
+    dropout_keep: torch.Tensor | None,
+    dropout_p: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    acc = torch.promote_types(q.dtype, torch.float32)
+    qf, kf, vf, gf = q.to(acc), k.to(acc), v.to(acc), grad_out.to(acc)
+    logits = torch.matmul(qf, kf.transpose(-1, -2)) * scale
+    if bias is not None:
+        logits = logits + bias.to(acc)
+    weights = torch.exp(logits - lse.to(acc)[..., None])
+    delta = (gf * out.to(acc)).sum(dim=-1, keepdim=True)
+    kept = weights if dropout_keep is None else weights * dropout_keep / (1.0 - dropout_p)
+    grad_v = torch.matmul(kept.transpose(-1, -2), gf)
+    grad_kept = torch.matmul(gf, vf.transpose(-1, -2))
+    if dropout_keep is not None:
+        grad_kept = grad_kept * dropout_keep / (1.0 - dropout_p)
+    grad_logits = weights * (grad_kept - delta)
+    grad_q = torch.matmul(grad_logits, kf) * scale
+    grad_k = torch.matmul(grad_logits.transpose(-1, -2), qf) * scale
+    return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype)
