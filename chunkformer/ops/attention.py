@@ -83,6 +83,13 @@ def _xformers_import_error() -> str | None:
         importlib.import_module("xformers.ops")
     except Exception as error:  # a broken install raises anything from ImportError to RuntimeError
         return f"xformers is installed but `import xformers.ops` failed: {type(error).__name__}: {error}"
+    # A wheel built for another torch / CUDA imports, warns, and then has no kernel for any input.
+    cpp_lib = importlib.import_module("xformers._cpp_lib")
+    if not getattr(cpp_lib, "_built_with_cuda", True):
+        return (
+            "xformers is installed but its C++/CUDA extensions did not load (a build for another torch or CUDA "
+            "version; `python -m xformers.info` says which)"
+        )
     return None
 
 

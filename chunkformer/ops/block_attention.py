@@ -108,13 +108,13 @@ def block_forward(
     if kernel == "math":
         return _math_forward(q, k, v, bias, scale, dropout_keep, dropout_p)
     width = kernel_width(q, v)
-    q_, k_, v_ = _pad_last(q, width), _pad_last(k, width), _pad_last(v, width)
     if kernel == "cpu_flash":
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q_, k_, v_, attn_mask=bias, scale=scale)
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            _pad_last(q, width), _pad_last(k, width), _pad_last(v, width), attn_mask=bias, scale=scale
+        )
         return out[..., : v.shape[-1]], lse
     bias = _aligned_bias(bias, q, k)
-    # (G, P, S, d) -> (G, S, P, d): the kernels' (batch, length, heads, dim) layout.
-    q_, k_, v_ = (x.transpose(1, 2) for x in (q_, k_, v_))
+    q_, k_, v_ = (_bmhk(x, width) for x in (q, k, v))
     if kernel == "cuda_efficient":
         out, lse, *_ = torch.ops.aten._efficient_attention_forward(
             q_, k_, v_, bias, None, None, None, None, 0.0, 0, True, scale=scale
@@ -146,14 +146,13 @@ def block_backward(
     if kernel == "math":
         return _math_backward(grad_out, q, k, v, out, lse, bias, scale, dropout_keep, dropout_p)
     width = kernel_width(q, v)
-    padded = [_pad_last(x, width) for x in (grad_out, q, k, v, out)]
     if kernel == "cpu_flash":
         grad_q, grad_k, grad_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            *padded, lse, 0.0, False, attn_mask=bias, scale=scale
+            *(_pad_last(x, width) for x in (grad_out, q, k, v, out)), lse, 0.0, False, attn_mask=bias, scale=scale
         )
     else:
         bias = _aligned_bias(bias, q, k)
-        grad_, q_, k_, v_, out_ = (x.transpose(1, 2) for x in padded)
+        grad_, q_, k_, v_, out_ = (_bmhk(x, width) for x in (grad_out, q, k, v, out))
         if kernel == "cuda_efficient":
             # Rows past S are never read as queries; +inf there gives them weight 0 all the same.
             lse_rows = -(-lse.shape[-1] // _CUDA_LSE_ALIGNMENT) * _CUDA_LSE_ALIGNMENT
@@ -176,6 +175,14 @@ def block_backward(
     return grad_q[..., : q.shape[-1]], grad_k[..., : k.shape[-1]], grad_v[..., : v.shape[-1]]
 
 
+def _bmhk(x: torch.Tensor, width: int) -> torch.Tensor:
+    """(G, P, S, d) -> (G, S, P, width), contiguous: the CUDA kernels' (batch, length, heads, dim) layout.
+    Their backward reads the output (and in 16-bit types more) as if contiguous in that layout, whatever its
+    strides say (measured on an H200: NaN and wrong gradients in bf16 from block-major inputs). LSH attention's
+    gathered blocks already are, so this copies only when the head size needs padding."""
+    return _pad_last(x.transpose(1, 2), width).contiguous()
+
+
 def _aligned_bias(bias: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
     """The bias as the CUDA kernels take it: (G, P, S, K) with every stride but the last a multiple of 16
     bytes (broadcast strides 0 included). A misaligned one (K not a multiple of 8 in 16-bit dtypes) is copied
@@ -187,7 +194,7 @@ def _aligned_bias(bias: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor) -
     if bias.stride(-1) == 1 and all(stride % alignment == 0 for stride in bias.stride()[:-1]):
         return bias
     n_keys = bias.shape[-1]
-    storage = bias.new_empty(*bias.shape[:-1], -(-n_keys // alignment) * alignment)
+    storage = bias.new_full((*bias.shape[:-1], -(-n_keys // alignment) * alignment), float("-inf"))
     storage[..., :n_keys] = bias
     return storage[..., :n_keys]
 

@@ -61,6 +61,15 @@ def random_rotations(
 
 _HASH_CHUNK_VALUES = 1 << 21
 _HASH_CHUNK_MIN_ROWS = 1024
+# On a GPU the cache argument does not hold and each piece costs a dozen kernel launches: pieces of 256 MB
+# (float32), so 64K tokens, 4 heads and 4 rounds hash in two (measured on an H200, bf16, 64K tokens, 4 rounds:
+# the 2 MB pieces made hashing most of the forward pass).
+_CUDA_HASH_CHUNK_VALUES = 1 << 26
+
+
+def _index_reductions_are_fast(device: torch.device) -> bool:
+    """max/min with indices are one fused kernel on GPUs; only CPU needs the index-free search."""
+    return device.type != "cpu"
 
 
 def hash_buckets(x: torch.Tensor, rotations: torch.Tensor, n_buckets: int) -> torch.Tensor:
@@ -85,13 +94,16 @@ def hash_buckets(x: torch.Tensor, rotations: torch.Tensor, n_buckets: int) -> to
     # The projections (G * N x n_hashes x n_buckets / 2 values, 2 GB at 64K tokens) are made and reduced a
     # few thousand rows at a time, so each piece is reduced while it is still in cache (measured 1.5x faster
     # at 64K tokens than one matmul and reductions over the whole) and never exists in full.
-    chunk = max(_HASH_CHUNK_MIN_ROWS, _HASH_CHUNK_VALUES // (n_hashes * half))
+    indexed = _index_reductions_are_fast(x.device)
+    chunk_values = _CUDA_HASH_CHUNK_VALUES if x.device.type == "cuda" else _HASH_CHUNK_VALUES
+    chunk = max(_HASH_CHUNK_MIN_ROWS, chunk_values // (n_hashes * half))
+    argmax = _signed_argmax_indexed if indexed else _signed_argmax
     # One buffer for every piece's projections: a fresh one each time page-faults when glibc maps it anew.
     projected_buffer = torch.empty(min(chunk, rows.shape[0]), n_hashes * half, device=x.device)
     for start in range(0, rows.shape[0], chunk):
         piece = rows[start : start + chunk].float()
         projected = torch.matmul(piece, flat_rotations, out=projected_buffer[: piece.shape[0]])
-        buckets[start : start + chunk] = _signed_argmax(projected.unflatten(-1, (n_hashes, half)))
+        buckets[start : start + chunk] = argmax(projected.unflatten(-1, (n_hashes, half)))
     return buckets.reshape(groups, seq_len, n_hashes).transpose(1, 2).contiguous()
 
 
@@ -105,6 +117,13 @@ def _first_index(values: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     descending = torch.arange(width, 0, -1, dtype=values.dtype, device=values.device)
     first = torch.where(values == target[..., None], descending, 0).amax(dim=-1)
     return (width - first.long()).clamp(max=width - 1)
+
+
+def _signed_argmax_indexed(projected: torch.Tensor) -> torch.Tensor:
+    """argmax over [p, -p] along the last axis (first index on ties) from max / min with indices."""
+    top, top_index = projected.max(dim=-1)
+    bottom, bottom_index = projected.min(dim=-1)
+    return torch.where(top >= -bottom, top_index, bottom_index + projected.shape[-1])
 
 
 def _signed_argmax(projected: torch.Tensor) -> torch.Tensor:
