@@ -177,9 +177,9 @@ def block_backward(
 
 def _bmhk(x: torch.Tensor, width: int) -> torch.Tensor:
     """(G, P, S, d) -> (G, S, P, width), contiguous: the CUDA kernels' (batch, length, heads, dim) layout.
-    Their backward reads the output (and in 16-bit types more) as if contiguous in that layout, whatever its
-    strides say (measured on an H200: NaN and wrong gradients in bf16 from block-major inputs). LSH attention's
-    gathered blocks already are, so this copies only when the head size needs padding."""
+    On an H200 the backward kernel gave NaN and wrong bf16 gradients (fp32 right) for block-major inputs, i.e.
+    strided views of this layout, and right ones for contiguous inputs. LSH attention's gathered blocks are
+    contiguous in it already, so this copies only when the head size needs padding."""
     return _pad_last(x.transpose(1, 2), width).contiguous()
 
 

@@ -554,6 +554,11 @@ def lsh_attention(
     all real ones, never receive weight, and their outputs are zeros; internal padding up to a whole block
     is handled the same way.
 
+    Kernels: the blocks run on the attention dispatch's backend (:func:`chunkformer.ops.use_backend`, the
+    ``CHUNKFORMER_ATTN_BACKEND`` variable, else automatic): PyTorch's flash kernels on CPU and its
+    memory-efficient kernels on CUDA for ``"sdpa"``, xformers' on CUDA for ``"xformers"``, batched matmul for
+    ``"math"`` and whenever ``dropout_p > 0`` (see :mod:`chunkformer.ops.block_attention`).
+
     Randomness: rotations (and dropout) come from ``generator``, on the inputs' device; the global RNG is
     neither read nor advanced. With ``generator=None`` a fixed seed is used, so calls are reproducible.
 

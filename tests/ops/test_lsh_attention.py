@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import bisect
 import importlib
-import importlib.util
 import math
 import re
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from hypothesis import strategies as st
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from chunkformer.ops import attention, default_n_buckets, lsh_attention, use_backend
+from chunkformer.ops import attention, available_backends, default_n_buckets, lsh_attention, use_backend
 
 # The module, not the function of the same name that chunkformer.ops exports.
 lsh_attention_module = importlib.import_module("chunkformer.ops.lsh_attention")
@@ -882,7 +881,7 @@ def fused_backends() -> list[object]:
     """(device, dispatch backend) pairs whose block kernel is a fused one; CUDA pairs skip without a GPU."""
     no_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
     no_xformers = pytest.mark.skipif(
-        not torch.cuda.is_available() or importlib.util.find_spec("xformers") is None, reason="needs CUDA and xformers"
+        not available_backends()["xformers"].available, reason="needs CUDA and a working xformers"
     )
     return [
         pytest.param("cpu", "sdpa", id="cpu-sdpa"),
