@@ -627,6 +627,31 @@ def test_available_backends_structure() -> None:
         assert "CUDA" in reasons
 
 
+@pytest.mark.parametrize("built_with_cuda", [True, False])
+def test_xformers_built_for_another_torch_is_reported_unavailable(
+    monkeypatch: pytest.MonkeyPatch, built_with_cuda: bool
+) -> None:
+    """A wheel built for another torch / CUDA imports (with a warning) and then has no kernel at all: the
+    dispatch must say so instead of listing xformers as usable (seen on an H200 with xformers 0.0.35)."""
+    import types
+
+    fake_ops, fake_cpp_lib = types.ModuleType("xformers.ops"), types.ModuleType("xformers._cpp_lib")
+    fake_cpp_lib._built_with_cuda = built_with_cuda  # type: ignore[attr-defined]
+    modules = {"xformers.ops": fake_ops, "xformers._cpp_lib": fake_cpp_lib}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: object() if name == "xformers" else None)
+    monkeypatch.setattr(importlib, "import_module", lambda name, *args: modules[name])
+    attn_mod._xformers_import_error.cache_clear()
+    try:
+        error = attn_mod._xformers_import_error()
+    finally:
+        monkeypatch.undo()
+        attn_mod._xformers_import_error.cache_clear()
+    if built_with_cuda:
+        assert error is None
+    else:
+        assert error is not None and "C++/CUDA extensions did not load" in error
+
+
 @contextlib.contextmanager
 def request_xformers(source: str) -> Iterator[str | None]:
     """Ask for xformers through ``source`` (the env var is set by the caller); yields the backend argument."""
