@@ -9,9 +9,9 @@ kernels behind PyTorch's SDPA and xformers have both, one layer below their publ
 * ``"cpu_flash"``: PyTorch's CPU flash-attention kernels (what SDPA runs on CPU).
 * ``"cuda_efficient"``: PyTorch's CUDA memory-efficient kernels (what SDPA runs on CUDA for inputs with an
   additive mask; its flash kernels take no mask).
-* ``"xformers"``: ``xformers.ops.fmha`` forward-with-lse and backward, dispatched by xformers among its
-  kernels that take a tensor bias (in xformers 0.0.35 that is cutlass, which calls the same PyTorch CUDA
-  kernels: expect the same speed as ``"cuda_efficient"``).
+* ``"xformers"``: ``xformers.ops.fmha`` forward-with-lse and backward, dispatched by xformers among the
+  kernels that accept the inputs (with a tensor bias, in xformers 0.0.35, that is cutlass, whose operator
+  calls the same PyTorch CUDA kernels as ``"cuda_efficient"``).
 * ``"math"``: matmul and softmax in float32 (or float64): any device, the only kernel with dropout (its masks
   come from the caller's generator, which the fused kernels cannot use).
 
