@@ -199,6 +199,11 @@ def _aligned_bias(bias: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor) -
     return storage[..., :n_keys]
 
 
+def _math_logits(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None, scale: float) -> torch.Tensor:
+    logits = torch.matmul(q, k.transpose(-1, -2)) * scale
+    return logits if bias is None else logits + bias.to(logits.dtype)
+
+
 def _math_forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -209,9 +214,7 @@ def _math_forward(
     dropout_p: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     acc = torch.promote_types(q.dtype, torch.float32)
-    logits = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale
-    if bias is not None:
-        logits = logits + bias.to(acc)
+    logits = _math_logits(q.to(acc), k.to(acc), bias, scale)
     lse = torch.logsumexp(logits, dim=-1)
     weights = torch.exp(logits - torch.where(torch.isfinite(lse), lse, 0.0)[..., None])
     if dropout_keep is not None:
@@ -233,10 +236,7 @@ def _math_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     acc = torch.promote_types(q.dtype, torch.float32)
     qf, kf, vf, gf = q.to(acc), k.to(acc), v.to(acc), grad_out.to(acc)
-    logits = torch.matmul(qf, kf.transpose(-1, -2)) * scale
-    if bias is not None:
-        logits = logits + bias.to(acc)
-    weights = torch.exp(logits - lse.to(acc)[..., None])
+    weights = torch.exp(_math_logits(qf, kf, bias, scale) - lse.to(acc)[..., None])
     delta = (gf * out.to(acc)).sum(dim=-1, keepdim=True)
     kept = weights if dropout_keep is None else weights * dropout_keep / (1.0 - dropout_p)
     grad_v = torch.matmul(kept.transpose(-1, -2), gf)
