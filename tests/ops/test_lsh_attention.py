@@ -907,6 +907,20 @@ def run_with_backend(case: LSHCase, backend: str, weights: torch.Tensor) -> list
     return [out.detach()] + grads
 
 
+@given(case=lsh_cases(max_len=200))
+def test_cuda_plumbing_choices_change_nothing_on_cpu(case: LSHCase) -> None:
+    """On CUDA, key views are gathered per view (not read as overlapping windows) and rows with no key are
+    zeroed before the merge; forced on CPU, both must give the same output and gradients bit for bit."""
+    weights = torch.randn(case.v.shape, generator=torch.Generator().manual_seed(case.seed), dtype=case.v.dtype)
+    default = run_with_backend(case, "sdpa", weights)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lsh_attention_module, "takes_overlapping_keys", lambda kernel: False)
+        patch.setattr(lsh_attention_module, "zeroes_empty_rows", lambda kernel: False)
+        cuda_like = run_with_backend(case, "sdpa", weights)
+    for name, expected, got in zip(["output", "grad q", "grad k", "grad v"], default, cuda_like):
+        assert torch.equal(got, expected), f"{name} differs"
+
+
 @pytest.mark.parametrize("device,backend", fused_backends())
 @given(case=lsh_cases(max_len=300))
 def test_fused_kernels_match_the_math_kernel(device: str, backend: str, case: LSHCase) -> None:
