@@ -28,6 +28,12 @@ Usage::
         --plot-out out.png
     python benchmarks/lsh_attention.py --plot-from out.md --plot-out out.png   # re-plot a saved table
 
+On a GPU: ``--device cuda --dtype bf16 --in-process`` (peak memory then comes from the CUDA allocator's
+statistics, and one process serves every cell); ``chunkformer-sdpa`` / ``chunkformer-xformers`` /
+``chunkformer-math`` pin the attention dispatch's backend, ``chunkformer`` leaves it automatic. The share
+column then divides by the GPU's GEMM peak in that dtype. ``benchmarks/cuda_checks.sh`` runs it with the CUDA
+tests.
+
 ``--rounds R`` runs every (L, n_hashes) group's cells R times, rotating their order, and reports medians over
 the rounds: on a machine whose speed drifts (a shared VM), cells run minutes apart otherwise see different
 machines, and the ratios between implementations inherit the drift.
