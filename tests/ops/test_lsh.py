@@ -35,7 +35,6 @@ SHARED_FIXTURE = settings(suppress_health_check=[HealthCheck.function_scoped_fix
 @SHARED_FIXTURE
 @given(
     seed=st.integers(0, 2**31 - 1),
-    # Narrow rounds (or widths not a multiple of 32) take the direct search, 128 per half and more the grouped one.
     half=st.sampled_from([1, 2, 3, 40, 128, 256, 320, 512]),
     n_hashes=st.integers(1, 3),
     tokens=st.integers(1, 300),
