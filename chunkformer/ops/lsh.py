@@ -163,25 +163,29 @@ class LSHLayout:
     needs_mask: bool
     rounds_used: int
     empty_query_slots: bool
-    _visible: Callable[[int], torch.Tensor]
-    _drop_seen: Callable[[torch.Tensor, int, int, dict[str, torch.Tensor]], None]
+    _visible: Callable[[int, slice, dict[str, torch.Tensor]], torch.Tensor]
+    _drop_seen: Callable[[torch.Tensor, int, int, slice, dict[str, torch.Tensor]], None]
     key_order: torch.Tensor | None = None
 
-    def keep(self, round_index: int, scratch: dict[str, torch.Tensor] | None = None) -> torch.Tensor | None:
-        """(G, Q, bs, K) bool: the pairs round ``round_index`` attends; None when nothing is masked.
+    def keep(
+        self, round_index: int, blocks: slice = slice(None), scratch: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor | None:
+        """(G, P, bs, K) bool: the pairs round ``round_index`` attends in query blocks ``blocks`` (P of them);
+        None when nothing is masked.
 
         A pair that several rounds put in view is kept in the first of them only, so the rounds together
-        attend to each key of the union once. Built for one round at a time, comparing with the r earlier
-        rounds. The first round's mask may be one (bs, K) pattern broadcast to the full shape (strides 0 on
-        G and Q) when it is the same for every block; see :func:`keep_pattern`. ``scratch`` lends full-size
-        work buffers that successive calls reuse (fresh ones page-fault through their memory each time).
+        attend to each key of the union once. Built for one piece of one round at a time (its work stays in
+        cache), comparing with the r earlier rounds. The first round's mask may be one (bs, K) pattern
+        broadcast to the full shape (strides 0 on G and P) when it is the same for every block; see
+        :func:`keep_pattern`. ``scratch`` lends work buffers that successive calls reuse; the result may live
+        in them, so it is valid until the next call with the same ``scratch``.
         """
         if not self.needs_mask:
             return None
-        keep = self._visible(round_index)
         scratch = {} if scratch is None else scratch
+        keep = self._visible(round_index, blocks, scratch)
         for earlier in range(round_index):
-            self._drop_seen(keep, earlier, round_index, scratch)
+            self._drop_seen(keep, earlier, round_index, blocks, scratch)
         return keep
 
 
@@ -192,18 +196,31 @@ def keep_pattern(keep: torch.Tensor) -> torch.Tensor:
     return keep
 
 
+def _scratch(scratch: dict[str, torch.Tensor], name: str, shape: torch.Size, dtype: torch.dtype, device) -> torch.Tensor:
+    """A work tensor of ``shape`` from ``scratch[name]``, grown when a call needs more than it holds."""
+    numel = math.prod(shape)
+    if name not in scratch or scratch[name].numel() < numel:
+        scratch[name] = torch.empty(numel, dtype=dtype, device=device)
+    return scratch[name][:numel].view(shape)
+
+
+def _writable_pattern(pattern: torch.Tensor, shape: tuple[int, ...], scratch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The (bs, K) ``pattern`` repeated to ``shape`` in a scratch buffer that later rounds drop pairs from."""
+    keep = _scratch(scratch, "keep", torch.Size(shape), torch.bool, pattern.device)
+    return keep.copy_(pattern.expand(shape))
+
+
 def _drop_equal(keep: torch.Tensor, left: torch.Tensor, right: torch.Tensor, scratch: dict[str, torch.Tensor]) -> None:
     """``keep &= left != right`` for non-negative integers broadcast to ``keep``'s shape.
 
     Comparisons that broadcast into bool are not vectorised on CPU (measured 8-20x slower than integer
     arithmetic on the same shapes): ``left ^ right`` is 0 exactly when equal, clamped to 0 / 1, narrowed to
-    bytes and and-ed into ``keep``'s bytes. ``scratch`` holds the two full-size buffers between calls.
+    bytes and and-ed into ``keep``'s bytes. ``scratch`` holds the two work buffers between calls.
     """
-    if "difference" not in scratch:
-        scratch["difference"] = torch.empty(keep.shape, dtype=left.dtype, device=keep.device)
-        scratch["differs"] = torch.empty(keep.shape, dtype=torch.uint8, device=keep.device)
-    difference = torch.bitwise_xor(left, right, out=scratch["difference"]).clamp_(max=1)
-    keep.view(torch.uint8).bitwise_and_(scratch["differs"].copy_(difference))
+    difference = _scratch(scratch, "difference", keep.shape, left.dtype, keep.device)
+    differs = _scratch(scratch, "differs", keep.shape, torch.uint8, keep.device)
+    torch.bitwise_xor(left, right, out=difference).clamp_(max=1)
+    keep.view(torch.uint8).bitwise_and_(differs.copy_(difference))
 
 
 def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
@@ -285,12 +302,12 @@ def sorted_layout(
         != torch.arange(n_keys, device=device)[None, :]
     ) if shared_qk else torch.ones(bucket_size, n_keys, dtype=torch.bool, device=device)
 
-    def visible(round_index: int) -> torch.Tensor:
-        shape = (groups, n_blocks, bucket_size, n_keys)
+    def visible(round_index: int, blocks: slice, scratch: dict[str, torch.Tensor]) -> torch.Tensor:
+        query_r, key_r = query_ids[:, round_index, blocks], key_ids[:, round_index, blocks]
+        shape = (groups, query_r.shape[1], bucket_size, n_keys)
         if not has_padding:
             # The first round attends the pattern itself; later ones drop pairs from a copy of it.
-            return not_self.expand(shape) if round_index == 0 else not_self.expand(shape).clone()
-        query_r, key_r = query_ids[:, round_index], key_ids[:, round_index]
+            return not_self.expand(shape) if round_index == 0 else _writable_pattern(not_self, shape, scratch)
         pairs = _lookup(real, query_r)[..., :, None] & _lookup(real, key_r)[..., None, :]
         return pairs & not_self if shared_qk else pairs
 
@@ -304,10 +321,20 @@ def sorted_layout(
     query_previous_block = torch.where(query_block > 0, query_block - 1, query_block + n_blocks - 1)
     query_previous_block[..., -1] = empty_query
 
-    def drop_seen(keep: torch.Tensor, earlier: int, round_index: int, scratch: dict[str, torch.Tensor]) -> None:
-        key_b = _lookup(key_block[:, earlier], key_ids[:, round_index])[..., None, :]
-        for query_b in (query_block, query_previous_block):
-            _drop_equal(keep, key_b, _lookup(query_b[:, earlier], query_ids[:, round_index])[..., :, None], scratch)
+    def drop_seen(
+        keep: torch.Tensor, earlier: int, round_index: int, blocks: slice, scratch: dict[str, torch.Tensor]
+    ) -> None:
+        # Block numbers of round `earlier` at the slots of round `round_index`, looked up for the whole
+        # round at the first piece (a few small gathers instead of a few per piece).
+        name = f"blocks of round {earlier} in round {round_index}"
+        if name + ": keys" not in scratch:
+            query_r = query_ids[:, round_index]
+            scratch[name + ": keys"] = _lookup(key_block[:, earlier], key_ids[:, round_index])[..., None, :]
+            scratch[name + ": queries"] = _lookup(query_block[:, earlier], query_r)[..., :, None]
+            scratch[name + ": previous"] = _lookup(query_previous_block[:, earlier], query_r)[..., :, None]
+        key_b = scratch[name + ": keys"][:, blocks]
+        for side in (": queries", ": previous"):
+            _drop_equal(keep, key_b, scratch[name + side][:, blocks], scratch)
 
     return LSHLayout(
         query_ids,
@@ -433,8 +460,8 @@ def bucket_aligned_layout(
     query_high = torch.where(has_key, query_buckets * stride + newest + bucket_size, -2 * stride)
     query_high = _with_pad(query_high.to(code_dtype), -2 * stride)
 
-    def in_view(code_round: int, round_index: int) -> torch.Tensor:
-        query_r, key_r = query_ids[:, round_index], key_ids[:, round_index]
+    def in_view(code_round: int, round_index: int, blocks: slice) -> torch.Tensor:
+        query_r, key_r = query_ids[:, round_index, blocks], key_ids[:, round_index, blocks]
         code = _lookup(key_code[:, code_round], key_r)[..., None, :]
         high = _lookup(query_high[:, code_round], query_r)[..., :, None]
         pairs = (code <= high) & (code > high - bucket_size)
@@ -442,8 +469,10 @@ def bucket_aligned_layout(
             pairs &= query_r[..., :, None] != key_r[..., None, :]
         return pairs
 
-    def drop_seen(keep: torch.Tensor, earlier: int, round_index: int, scratch: dict[str, torch.Tensor]) -> None:
-        keep &= ~in_view(earlier, round_index)
+    def drop_seen(
+        keep: torch.Tensor, earlier: int, round_index: int, blocks: slice, scratch: dict[str, torch.Tensor]
+    ) -> None:
+        keep &= ~in_view(earlier, round_index, blocks)
 
     return LSHLayout(
         query_ids,
@@ -452,6 +481,6 @@ def bucket_aligned_layout(
         needs_mask=True,
         rounds_used=rounds,
         empty_query_slots=True,
-        _visible=lambda round_index: in_view(round_index, round_index),
+        _visible=lambda round_index, blocks, scratch: in_view(round_index, round_index, blocks),
         _drop_seen=drop_seen,
     )

@@ -244,8 +244,10 @@ def _blocks_per_piece(groups: int, n_keys: int, width: int, element_size: int, d
 class _LSHAttentionFunction(torch.autograd.Function):
     """Rounds run one after another, merged online (running max, weight sum and weighted output per token),
     and each round's kernels run a few blocks at a time, so the gathered blocks, the float mask and the
-    kernel buffers of only one piece exist at a time. The rounds' bool pair masks are kept for the backward
-    pass, which loops over rounds and pieces the same way."""
+    kernel buffers of only one piece exist at a time. The pair masks are built a piece at a time too, so
+    their work buffers stay small and in cache, and each round's bool mask is kept for the backward pass,
+    which loops over rounds and pieces the same way. (Building the masks again in the backward pass
+    instead measured slower at 16K tokens: 0.65-0.73 s against 0.57-0.62 s per forward+backward.)"""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -298,10 +300,8 @@ class _LSHAttentionFunction(torch.autograd.Function):
         out_index = group_base + (local - block * bucket_size) * n_blocks + block
         del local, block
         for round_index in range(rounds):
-            keep = layout.keep(round_index, mask_scratch)
-            if will_backward:
-                keeps.append(keep)
             dropout_mask = _dropout_keep(layout, dropout_p, dropout_generator)
+            round_keep = None
             # The round's outputs, slot-major like the blocks; the kernels fill them a piece at a time.
             if "out_round" not in buffers:
                 buffers["out_round"] = q.new_empty(groups, bucket_size, n_blocks, v.shape[-1])
@@ -311,7 +311,15 @@ class _LSHAttentionFunction(torch.autograd.Function):
             lse_blocks = buffers["lse_round"]
             for start in range(0, n_blocks, blocks_per_piece):
                 blocks = slice(start, start + blocks_per_piece)
-                piece_keep = None if keep is None else keep[:, blocks]
+                piece_keep = layout.keep(round_index, blocks, mask_scratch)
+                if will_backward and piece_keep is not None:
+                    full_shape = (piece_keep.shape[0], n_blocks, *piece_keep.shape[2:])
+                    if keep_pattern(piece_keep) is not piece_keep:
+                        round_keep = keep_pattern(piece_keep).expand(full_shape)
+                    else:
+                        if round_keep is None:
+                            round_keep = piece_keep.new_empty(full_shape)
+                        round_keep[:, blocks] = piece_keep
                 query_rows = piece_rows("query", round_index, blocks)
                 k_blocks, v_blocks = _key_views(k, v, piece_rows, round_index, blocks, buffers, windows)
                 piece_out, piece_lse = block_forward(
@@ -334,6 +342,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
                         piece_out = piece_out.masked_fill(attends_none[..., None], 0.0)
                 out_blocks[:, blocks] = piece_out
                 lse_blocks[:, blocks] = piece_lse
+            keeps.append(round_keep)
             # Each token's row in this round; a token without a slot reads lse -inf.
             lse = lse_blocks.reshape(-1)[lse_index[:, round_index]].masked_fill(~placed[:, round_index], float("-inf"))
             if "merge_rows" not in buffers:
@@ -348,7 +357,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
             weight_sum.mul_(old_scale).add_(new_weight)
             running_max = new_max
             # Drop this round's temporaries before the next round allocates its own.
-            del keep, dropout_mask, lse, rows
+            del dropout_mask, lse, rows
         mask_scratch.clear()
         buffers.clear()
 
@@ -392,7 +401,6 @@ class _LSHAttentionFunction(torch.autograd.Function):
         kernel: str = ctx.kernel
         windows = takes_overlapping_keys(kernel)
         for round_index in range(layout.rounds_used):
-            keep = keeps[round_index]
             dropout_mask = _dropout_keep(layout, ctx.dropout_p, dropout_generator)
             for start in range(0, n_blocks, blocks_per_piece):
                 blocks = slice(start, start + blocks_per_piece)
@@ -408,14 +416,15 @@ class _LSHAttentionFunction(torch.autograd.Function):
                 grad_q_blocks, grad_k_blocks, grad_v_blocks = block_backward(
                     kernel,
                     grad_blocks, q_blocks, k_blocks, v_blocks, out_blocks, lse_blocks,
-                    _logit_bias(None if keep is None else keep[:, blocks], q.dtype, buffers), ctx.scale,
+                    _logit_bias(None if keeps[round_index] is None else keeps[round_index][:, blocks], q.dtype, buffers),
+                    ctx.scale,
                     None if dropout_mask is None else dropout_mask[:, blocks], ctx.dropout_p,
                 )
                 _add_rows(grad_q, query_rows, grad_q_blocks)
                 _add_rows(grad_k, key_rows, grad_k_blocks)
                 _add_rows(grad_v, key_rows, grad_v_blocks)
                 del grad_q_blocks, grad_k_blocks, grad_v_blocks
-            del keep, dropout_mask
+            del dropout_mask
         grad_q = grad_q.reshape(q.shape)
         grad_k = grad_k.reshape(k.shape)
         # A token that falls back to itself returns its own value.

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -567,6 +567,12 @@ def test_gradcheck_float64(
         assert torch.autograd.gradcheck(lambda q, k, v: case.run(q, k, v), (q, k, v), eps=1e-6, atol=1e-5)
 
 
+# Shared QK without padding over whole blocks: the first round's mask is one broadcast pattern, built per piece.
+@example(
+    case=LSHCase(*(randn((1, 2, 24, 4), torch.Generator().manual_seed(i)) for i in range(3)), None, 4, 3, None, False, True, 5),
+    dropout_p=0.0,
+    blocks_per_piece=2,
+)
 @given(case=lsh_cases(max_len=150), dropout_p=st.sampled_from([0.0, 0.3]), blocks_per_piece=st.integers(1, 3))
 def test_kernels_in_pieces_equal_one_call(case: LSHCase, dropout_p: float, blocks_per_piece: int) -> None:
     """Both passes run their kernels over a few blocks at a time (bounded memory per call); in pieces of
