@@ -236,13 +236,18 @@ _CUDA_PIECE_BYTES = 64 << 20
 _NORMALIZE_EPS = 1e-12
 
 
+def _rows_per_piece(width: int, element_size: int, device_type: str = "cpu") -> int:
+    piece_bytes = _CUDA_PIECE_BYTES if device_type == "cuda" else _PIECE_BYTES
+    return max(1, piece_bytes // (width * element_size))
+
+
 def _blocks_per_piece(groups: int, n_keys: int, width: int, element_size: int, device_type: str = "cpu") -> int:
     piece_bytes = _CUDA_PIECE_BYTES if device_type == "cuda" else _PIECE_BYTES
     return max(1, piece_bytes // (groups * n_keys * width * element_size))
 
 
 class _LSHAttentionFunction(torch.autograd.Function):
-    """Rounds run one after another, merged online (running max, weight sum and weighted output per token),
+    """Rounds run one after another, merged online (running max, weight sum and average output per token),
     and each round's kernels run a few blocks at a time, so the gathered blocks, the float mask and the
     kernel buffers of only one piece exist at a time. The pair masks are built a piece at a time too, so
     their work buffers stay small and in cache, and each round's bool mask is kept for the backward pass,
@@ -280,7 +285,13 @@ class _LSHAttentionFunction(torch.autograd.Function):
         dropout_generator = _dropout_generator(generator_state, dropout_p, q.device)
         running_max = torch.full((groups, seq_len), float("-inf"), dtype=acc, device=q.device)
         weight_sum = torch.zeros(groups, seq_len, dtype=acc, device=q.device)
-        weighted = torch.zeros(groups, seq_len, v.shape[-1], dtype=acc, device=q.device)
+        # The output is kept as the running weighted average of the rounds' outputs: a round with weight w
+        # and output o moves it by w / (weights so far + w) towards o, one lerp per round (instead of a
+        # scale, an add and a final division).
+        average = torch.zeros(groups * seq_len, v.shape[-1], dtype=acc, device=q.device)
+        # The merge reads a round's outputs in token order a few rows at a time (a whole round's worth is
+        # 67 MB at 64K tokens, memory the OS would map and fault in afresh on every call).
+        merge_rows = _rows_per_piece(v.shape[-1], q.element_size(), q.device.type)
         buffers: dict[str, torch.Tensor] = {}
         mask_scratch: dict[str, torch.Tensor] = {}
         # The backward pass reuses each round's pair mask (G x Q x bs x K bools, a quarter of the logits'
@@ -345,25 +356,25 @@ class _LSHAttentionFunction(torch.autograd.Function):
             keeps.append(round_keep)
             # Each token's row in this round; a token without a slot reads lse -inf.
             lse = lse_blocks.reshape(-1)[lse_index[:, round_index]].masked_fill(~placed[:, round_index], float("-inf"))
-            if "merge_rows" not in buffers:
-                buffers["merge_rows"] = out_flat.new_empty(weighted.numel() // weighted.shape[-1], weighted.shape[-1])
-            rows = torch.index_select(out_flat, 0, out_index[:, round_index].reshape(-1), out=buffers["merge_rows"])
-            rows = rows.view(weighted.shape).to(acc)
             new_max = torch.maximum(running_max, lse)
             safe_max = new_max.masked_fill(torch.isneginf(new_max), 0.0)
-            old_scale = torch.exp(running_max - safe_max)
             new_weight = torch.exp(lse - safe_max)
-            weighted.mul_(old_scale[..., None]).addcmul_(new_weight[..., None], rows)
-            weight_sum.mul_(old_scale).add_(new_weight)
+            weight_sum.mul_(torch.exp(running_max - safe_max)).add_(new_weight)
             running_max = new_max
+            # (A token with no key so far has weight sum 0 and step 0: its average stays 0.)
+            step = new_weight.div_(weight_sum.clamp(min=torch.finfo(acc).tiny)).reshape(-1, 1)
+            token_rows = out_index[:, round_index].reshape(-1)
+            for first in range(0, token_rows.numel(), merge_rows):
+                chunk = slice(first, first + merge_rows)
+                rows = _select_rows(out_flat, token_rows[chunk], buffers, "merge")
+                average[chunk].lerp_(rows.to(acc), step[chunk])
             # Drop this round's temporaries before the next round allocates its own.
-            del dropout_mask, lse, rows
+            del dropout_mask, lse, step
         mask_scratch.clear()
         buffers.clear()
 
         no_key = torch.isneginf(running_max)
-        # Dividing by the weight sum (not assuming it is 1) keeps rows whose logits are all tiny exact.
-        out = weighted.div_(weight_sum.clamp(min=torch.finfo(acc).tiny)[..., None]).masked_fill_(no_key[..., None], 0.0)
+        out = average.view(groups, seq_len, -1)
         merged_lse = torch.where(no_key, 0.0, running_max + torch.log(weight_sum.clamp(min=torch.finfo(acc).tiny)))
         fallback = None
         if shared_qk:
