@@ -399,7 +399,10 @@ class _LSHAttentionFunction(torch.autograd.Function):
         layout: LSHLayout = ctx.layout
         seq_len = q.shape[1]
         dropout_generator = _dropout_generator(ctx.generator_state, ctx.dropout_p, q.device)
-        grad_attended = grad_out.masked_fill(no_key[..., None], 0.0).to(q.dtype)
+        # Gradient rows are gathered from grad_out as it is (an expanded one, as from a sum, stays a view) and
+        # the rows of tokens with no key are zeroed a piece at a time: no full-size masked copy.
+        grad_out = grad_out.to(q.dtype)
+        no_key_rows = no_key.reshape(-1)
         acc = torch.promote_types(q.dtype, torch.float32)
         grad_q = q.new_zeros(q.shape[0] * seq_len, q.shape[-1], dtype=acc)
         grad_k = k.new_zeros(k.shape[0] * seq_len, k.shape[-1], dtype=acc)
@@ -418,10 +421,15 @@ class _LSHAttentionFunction(torch.autograd.Function):
                 query_rows, key_rows = piece_rows("query", round_index, blocks), piece_rows("key", round_index, blocks)
                 q_blocks = _gather_rows(q, query_rows, bucket_size, buffers, "q")
                 k_blocks, v_blocks = _key_views(k, v, piece_rows, round_index, blocks, buffers, windows)
-                grad_blocks = _gather_rows(grad_attended, query_rows, bucket_size, buffers, "grad")
+                grad_blocks = _gather_rows(grad_out, query_rows, bucket_size, buffers, "grad")
+                # Rows of tokens with no key get no gradient through attention (with shared QK they return
+                # their own value instead); empty query slots read token 0's gradient. Zeroing both keeps
+                # their rows of every gradient exactly 0, whatever grad_out holds there.
+                silent = no_key_rows.index_select(0, query_rows).view(grad_blocks.shape[0], bucket_size, -1)
+                silent = silent.transpose(1, 2)
                 if layout.empty_query_slots:
-                    # Empty query slots read token 0's gradient: zero it, so their rows of every gradient are 0.
-                    grad_blocks.masked_fill_((layout.query_ids[:, round_index, blocks] >= seq_len)[..., None], 0.0)
+                    silent = silent | (layout.query_ids[:, round_index, blocks] >= seq_len)
+                grad_blocks.masked_fill_(silent[..., None], 0.0)
                 out_blocks = _gather_rows(out, query_rows, bucket_size, buffers, "out")
                 lse_blocks = _gather_rows(merged_lse[..., None], query_rows, bucket_size)[..., 0]
                 grad_q_blocks, grad_k_blocks, grad_v_blocks = block_backward(
@@ -436,12 +444,18 @@ class _LSHAttentionFunction(torch.autograd.Function):
                 _add_rows(grad_v, key_rows, grad_v_blocks)
                 del grad_q_blocks, grad_k_blocks, grad_v_blocks
             del dropout_mask
+        if fallback is not None:
+            # A token that falls back to itself returns its own value. Selected, not multiplied by 0 / 1, so
+            # a non-finite gradient at another token stays there; a piece of rows at a time, so an expanded
+            # grad_out is never materialised.
+            flat_grad, falls_back = grad_out.reshape(-1, grad_out.shape[-1]), fallback.reshape(-1, 1)
+            step = _rows_per_piece(grad_out.shape[-1], grad_out.element_size(), grad_out.device.type)
+            for first in range(0, flat_grad.shape[0], step):
+                rows = slice(first, first + step)
+                grad_v[rows] += torch.where(falls_back[rows], flat_grad[rows], 0.0)
         grad_q = grad_q.reshape(q.shape)
         grad_k = grad_k.reshape(k.shape)
-        # A token that falls back to itself returns its own value.
         grad_v = grad_v.reshape(v.shape)
-        if fallback is not None:
-            grad_v.addcmul_(grad_out, fallback[..., None].to(grad_out.dtype))
         if query_norm is not None:
             # Gradient of k = q / max(|q|, eps): (g - k (k . g)) / |q|, or g / eps where |q| < eps.
             norm = query_norm.to(acc)

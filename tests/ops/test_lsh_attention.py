@@ -451,6 +451,24 @@ def test_padded_tokens_never_receive_weight(case: LSHCase, data: st.DataObject) 
     assert torch.equal(out, again), "changing the padded tokens changed an output"
 
 
+@given(case=lsh_cases(max_len=200), data=st.data())
+def test_gradient_at_padded_tokens_reaches_no_other_token(case: LSHCase, data: st.DataObject) -> None:
+    """Padded tokens attend to nothing and output a constant, so whatever gradient arrives at their outputs,
+    NaN included, must change no gradient anywhere (the backward pass zeroes their rows)."""
+    mask = case.mask if case.mask is not None else data.draw(padding_masks(case.q.shape[0], case.seq_len))
+    assume(mask is not None and mask.any())
+    case = replace(case, mask=mask)
+    inputs = [t.clone().requires_grad_(True) for t in (case.q, case.k, case.v)]
+    out = case.run(*inputs)
+    used = [t for t in inputs if t.grad_fn is None and (t is not inputs[1] or not case.shared_qk)]
+    weights = randn(tuple(out.shape), torch.Generator().manual_seed(case.seed), out.dtype)
+    padded = mask[:, None, :, None].expand_as(out)
+    clean = torch.autograd.grad(out, used, weights.masked_fill(padded, 0.0), retain_graph=True)
+    poisoned = torch.autograd.grad(out, used, weights.masked_fill(padded, float("nan")))
+    for expected, got in zip(clean, poisoned):
+        assert torch.equal(got, expected)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # 3. Strict causality
 # ----------------------------------------------------------------------------------------------------------
