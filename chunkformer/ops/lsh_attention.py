@@ -236,14 +236,16 @@ _CUDA_PIECE_BYTES = 64 << 20
 _NORMALIZE_EPS = 1e-12
 
 
+def _piece_bytes(device_type: str) -> int:
+    return _CUDA_PIECE_BYTES if device_type == "cuda" else _PIECE_BYTES
+
+
 def _rows_per_piece(width: int, element_size: int, device_type: str = "cpu") -> int:
-    piece_bytes = _CUDA_PIECE_BYTES if device_type == "cuda" else _PIECE_BYTES
-    return max(1, piece_bytes // (width * element_size))
+    return max(1, _piece_bytes(device_type) // (width * element_size))
 
 
 def _blocks_per_piece(groups: int, n_keys: int, width: int, element_size: int, device_type: str = "cpu") -> int:
-    piece_bytes = _CUDA_PIECE_BYTES if device_type == "cuda" else _PIECE_BYTES
-    return max(1, piece_bytes // (groups * n_keys * width * element_size))
+    return max(1, _piece_bytes(device_type) // (groups * n_keys * width * element_size))
 
 
 class _LSHAttentionFunction(torch.autograd.Function):
@@ -399,9 +401,11 @@ class _LSHAttentionFunction(torch.autograd.Function):
         layout: LSHLayout = ctx.layout
         seq_len = q.shape[1]
         dropout_generator = _dropout_generator(ctx.generator_state, ctx.dropout_p, q.device)
-        # Gradient rows are gathered from grad_out as it is (an expanded one, as from a sum, stays a view) and
-        # the rows of tokens with no key are zeroed a piece at a time: no full-size masked copy.
-        grad_out = grad_out.to(q.dtype)
+        # Gradient rows are gathered from grad_out as it is, through one (G * N, dv) view (a copy only when it
+        # has none; an expanded one, as from a sum, stays a view), and the rows of tokens with no key are
+        # zeroed a piece at a time: no full-size masked copy.
+        grad_rows = grad_out.to(q.dtype).reshape(-1, grad_out.shape[-1])
+        grad_out = grad_rows.view(q.shape[0], seq_len, -1)
         no_key_rows = no_key.reshape(-1)
         acc = torch.promote_types(q.dtype, torch.float32)
         grad_q = q.new_zeros(q.shape[0] * seq_len, q.shape[-1], dtype=acc)
@@ -448,11 +452,11 @@ class _LSHAttentionFunction(torch.autograd.Function):
             # A token that falls back to itself returns its own value. Selected, not multiplied by 0 / 1, so
             # a non-finite gradient at another token stays there; a piece of rows at a time, so an expanded
             # grad_out is never materialised.
-            flat_grad, falls_back = grad_out.reshape(-1, grad_out.shape[-1]), fallback.reshape(-1, 1)
-            step = _rows_per_piece(grad_out.shape[-1], grad_out.element_size(), grad_out.device.type)
-            for first in range(0, flat_grad.shape[0], step):
+            falls_back = fallback.reshape(-1, 1)
+            step = _rows_per_piece(grad_rows.shape[-1], grad_rows.element_size(), grad_rows.device.type)
+            for first in range(0, grad_rows.shape[0], step):
                 rows = slice(first, first + step)
-                grad_v[rows] += torch.where(falls_back[rows], flat_grad[rows], 0.0)
+                grad_v[rows] += torch.where(falls_back[rows], grad_rows[rows], 0.0)
         grad_q = grad_q.reshape(q.shape)
         grad_k = grad_k.reshape(k.shape)
         grad_v = grad_v.reshape(v.shape)

@@ -469,6 +469,25 @@ def test_gradient_at_padded_tokens_reaches_no_other_token(case: LSHCase, data: s
         assert torch.equal(got, expected)
 
 
+@pytest.mark.parametrize("layout", ["strided", "expanded"])
+def test_gradient_layout_does_not_matter(layout: str) -> None:
+    """The backward pass reads grad_out through one (G * N, dv) view: a strided or an expanded (as from a sum)
+    gradient gives the same gradients as its contiguous copy."""
+    g = torch.Generator().manual_seed(3)
+    q, v = (randn((2, 2, 37, 4), g).requires_grad_(True) for _ in range(2))
+    mask = torch.zeros(2, 37, dtype=torch.bool)
+    mask[1, 30:] = True
+    out = lsh_attention(q, None, v, bucket_size=4, n_hashes=2, shared_qk=True, key_padding_mask=mask)
+    if layout == "strided":
+        grad = randn((2, 2, 37, 8), g)[..., ::2]
+    else:
+        grad = torch.ones((), dtype=out.dtype).expand(out.shape)
+    assert not grad.is_contiguous()
+    expected = torch.autograd.grad(out, (q, v), grad.contiguous(), retain_graph=True)
+    for want, got in zip(expected, torch.autograd.grad(out, (q, v), grad)):
+        assert torch.equal(got, want)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # 3. Strict causality
 # ----------------------------------------------------------------------------------------------------------
