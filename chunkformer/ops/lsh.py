@@ -118,21 +118,20 @@ def _signed_argmax_(projected: torch.Tensor) -> torch.Tensor:
     """argmax over [p, -p] along the last axis (first index on ties), overwriting ``projected``.
 
     Reductions that return indices are not vectorised on CPU (measured 15x slower than ``amax``), nor are
-    comparisons into bool, so every pass here is a vectorised reduction or in-place arithmetic. The winner w
-    comes from ``amax`` / ``amin``. |p - w| is +0 exactly where p == w (two floats differ by exactly 0 only
-    when equal, and abs turns -0 into +0), so as int32 bits it is 0 there and positive elsewhere; clamped to
-    0 / 1 and scaled past every position, ``amin`` of (bits * width + position) is w's first position. A
-    row with NaN (or an infinite w, where p - w is NaN) has no such position and gets the last one of its
-    half: in range, like every other row. Measured on 2 cores against the search through group maxima it
-    replaced, identical buckets: 2.4x faster at 128 values per row, 1.7x at 512.
+    comparisons into bool, so every pass here is a vectorised reduction or in-place arithmetic: the winner
+    w from ``amax`` / ``amin``, then in place p == w as 0 / 1 floats, times (width - position), whose
+    ``amax`` is width minus w's first position. A row with NaN (where nothing equals w) gets the last
+    position of its half: in range, like every other row. Measured on 2 cores, identical buckets: 1.3x
+    faster at 512 values per row than the integer search it replaced (|p - w| as int bits, clamped to
+    0 / 1, plus positions, ``amin``), which was 2.4x faster at 128 values per row and 1.7x at 512 than a
+    search through group maxima.
     """
     half = projected.shape[-1]
     top, bottom = projected.amax(dim=-1, keepdim=True), projected.amin(dim=-1, keepdim=True)
     upper = top >= -bottom
-    distance_bits = projected.sub_(torch.where(upper, top, bottom)).abs_().view(torch.int32).clamp_(max=1)
-    positions = torch.arange(half, dtype=torch.int32, device=projected.device)
-    key = torch.add(positions, distance_bits, alpha=half, out=distance_bits)
-    first = key.amin(dim=-1).clamp_(max=half - 1).long()
+    hits = torch.eq(projected, torch.where(upper, top, bottom), out=projected)
+    reversed_positions = torch.arange(half, 0, -1, dtype=projected.dtype, device=projected.device)
+    first = (half - hits.mul_(reversed_positions).amax(dim=-1)).clamp_(max=half - 1).long()
     return first + torch.where(upper[..., 0], 0, half)
 
 
