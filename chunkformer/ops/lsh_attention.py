@@ -435,7 +435,9 @@ class _LSHAttentionFunction(torch.autograd.Function):
                     silent = silent | (layout.query_ids[:, round_index, blocks] >= seq_len)
                 grad_blocks.masked_fill_(silent[..., None], 0.0)
                 out_blocks = _gather_rows(out, query_rows, bucket_size, buffers, "out")
-                lse_blocks = _gather_rows(merged_lse[..., None], query_rows, bucket_size)[..., 0]
+                # (from the flat vector: index_select of one-value rows is 3.6x slower)
+                lse_blocks = merged_lse.reshape(-1).index_select(0, query_rows)
+                lse_blocks = lse_blocks.view(grad_blocks.shape[0], bucket_size, -1).transpose(1, 2)
                 grad_q_blocks, grad_k_blocks, grad_v_blocks = block_backward(
                     kernel,
                     grad_blocks, q_blocks, k_blocks, v_blocks, out_blocks, lse_blocks,
