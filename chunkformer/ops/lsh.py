@@ -162,8 +162,7 @@ class LSHLayout:
     needs_mask: bool
     rounds_used: int
     empty_query_slots: bool
-    _visible: Callable[[int, slice, dict[str, torch.Tensor]], torch.Tensor]
-    _drop_seen: Callable[[torch.Tensor, int, int, slice, dict[str, torch.Tensor]], None]
+    _keep: Callable[[int, slice, dict[str, torch.Tensor]], torch.Tensor]
     key_order: torch.Tensor | None = None
 
     def keep(
@@ -181,11 +180,7 @@ class LSHLayout:
         """
         if not self.needs_mask:
             return None
-        scratch = {} if scratch is None else scratch
-        keep = self._visible(round_index, blocks, scratch)
-        for earlier in range(round_index):
-            self._drop_seen(keep, earlier, round_index, blocks, scratch)
-        return keep
+        return self._keep(round_index, blocks, {} if scratch is None else scratch)
 
 
 def keep_pattern(keep: torch.Tensor) -> torch.Tensor:
@@ -201,25 +196,6 @@ def _scratch(scratch: dict[str, torch.Tensor], name: str, shape: torch.Size, dty
     if name not in scratch or scratch[name].numel() < numel:
         scratch[name] = torch.empty(numel, dtype=dtype, device=device)
     return scratch[name][:numel].view(shape)
-
-
-def _writable_pattern(pattern: torch.Tensor, shape: tuple[int, ...], scratch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The (bs, K) ``pattern`` repeated to ``shape`` in a scratch buffer that later rounds drop pairs from."""
-    keep = _scratch(scratch, "keep", torch.Size(shape), torch.bool, pattern.device)
-    return keep.copy_(pattern.expand(shape))
-
-
-def _drop_equal(keep: torch.Tensor, left: torch.Tensor, right: torch.Tensor, scratch: dict[str, torch.Tensor]) -> None:
-    """``keep &= left != right`` for non-negative integers broadcast to ``keep``'s shape.
-
-    Comparisons that broadcast into bool are not vectorised on CPU (measured 8-20x slower than integer
-    arithmetic on the same shapes): ``left ^ right`` is 0 exactly when equal, clamped to 0 / 1, narrowed to
-    bytes and and-ed into ``keep``'s bytes. ``scratch`` holds the two work buffers between calls.
-    """
-    difference = _scratch(scratch, "difference", keep.shape, left.dtype, keep.device)
-    differs = _scratch(scratch, "differs", keep.shape, torch.uint8, keep.device)
-    torch.bitwise_xor(left, right, out=difference).clamp_(max=1)
-    keep.view(torch.uint8).bitwise_and_(differs.copy_(difference))
 
 
 def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
@@ -301,15 +277,6 @@ def sorted_layout(
         != torch.arange(n_keys, device=device)[None, :]
     ) if shared_qk else torch.ones(bucket_size, n_keys, dtype=torch.bool, device=device)
 
-    def visible(round_index: int, blocks: slice, scratch: dict[str, torch.Tensor]) -> torch.Tensor:
-        query_r, key_r = query_ids[:, round_index, blocks], key_ids[:, round_index, blocks]
-        shape = (groups, query_r.shape[1], bucket_size, n_keys)
-        if not has_padding:
-            # The first round attends the pattern itself; later ones drop pairs from a copy of it.
-            return not_self.expand(shape) if round_index == 0 else _writable_pattern(not_self, shape, scratch)
-        pairs = _lookup(real, query_r)[..., :, None] & _lookup(real, key_r)[..., None, :]
-        return pairs & not_self if shared_qk else pairs
-
     # In round r' a pair is in view when the key's block is the query's block or the one before it.
     # Block numbers are compared as int16 where they fit: the comparisons run over every pair in view.
     # Empty slots get block numbers above every real one, distinct for queries and keys.
@@ -320,20 +287,39 @@ def sorted_layout(
     query_previous_block = torch.where(query_block > 0, query_block - 1, query_block + n_blocks - 1)
     query_previous_block[..., -1] = empty_query
 
-    def drop_seen(
-        keep: torch.Tensor, earlier: int, round_index: int, blocks: slice, scratch: dict[str, torch.Tensor]
-    ) -> None:
-        # Block numbers of round `earlier` at the slots of round `round_index`, looked up for the whole
-        # round at the first piece (a few small gathers instead of a few per piece).
-        name = f"blocks of round {earlier} in round {round_index}"
-        if name + ": keys" not in scratch:
-            query_r = query_ids[:, round_index]
-            scratch[name + ": keys"] = _lookup(key_block[:, earlier], key_ids[:, round_index])[..., None, :]
-            scratch[name + ": queries"] = _lookup(query_block[:, earlier], query_r)[..., :, None]
-            scratch[name + ": previous"] = _lookup(query_previous_block[:, earlier], query_r)[..., :, None]
-        key_b = scratch[name + ": keys"][:, blocks]
-        for side in (": queries", ": previous"):
-            _drop_equal(keep, key_b, scratch[name + side][:, blocks], scratch)
+    def keep(round_index: int, blocks: slice, scratch: dict[str, torch.Tensor]) -> torch.Tensor:
+        query_r = query_ids[:, round_index, blocks]
+        shape = (groups, query_r.shape[1], bucket_size, n_keys)
+        if has_padding:
+            key_r = key_ids[:, round_index, blocks]
+            visible = _lookup(real, query_r)[..., :, None] & _lookup(real, key_r)[..., None, :]
+            if shared_qk:
+                visible &= not_self
+        else:
+            # The first round attends the pattern itself, broadcast.
+            visible = not_self.expand(shape)
+        if round_index == 0:
+            return visible
+        # Pairs seen in an earlier round are dropped in the block numbers' integer type: a comparison
+        # written into its inputs' own type, and-ed in place, is vectorised on CPU, while comparisons that
+        # broadcast into bool are not (measured 8-20x slower than integer arithmetic on the same shapes).
+        kept = _scratch(scratch, "kept", torch.Size(shape), block_dtype, device).copy_(visible)
+        differs = _scratch(scratch, "differs", torch.Size(shape), block_dtype, device)
+        for earlier in range(round_index):
+            # Block numbers of round `earlier` at the slots of round `round_index`, looked up for the
+            # whole round at its first piece (a few small gathers instead of a few per piece).
+            name = f"blocks of round {earlier} in round {round_index}"
+            if name + ": keys" not in scratch:
+                query_all = query_ids[:, round_index]
+                scratch[name + ": keys"] = _lookup(key_block[:, earlier], key_ids[:, round_index])[..., None, :]
+                scratch[name + ": queries"] = _lookup(query_block[:, earlier], query_all)[..., :, None]
+                scratch[name + ": previous"] = _lookup(query_previous_block[:, earlier], query_all)[..., :, None]
+            key_b = scratch[name + ": keys"][:, blocks]
+            for side in (": queries", ": previous"):
+                kept.bitwise_and_(torch.ne(key_b, scratch[name + side][:, blocks], out=differs))
+        result = _scratch(scratch, "keep", torch.Size(shape), torch.bool, device)
+        result.view(torch.uint8).copy_(kept)
+        return result
 
     return LSHLayout(
         query_ids,
@@ -343,8 +329,7 @@ def sorted_layout(
         # One block: every round has every key in view, so the first round attends to the whole union.
         rounds_used=1 if n_blocks == 1 else rounds,
         empty_query_slots=has_padding,
-        _visible=visible,
-        _drop_seen=drop_seen,
+        _keep=keep,
         key_order=key_order if n_blocks > 1 else None,
     )
 
@@ -468,10 +453,11 @@ def bucket_aligned_layout(
             pairs &= query_r[..., :, None] != key_r[..., None, :]
         return pairs
 
-    def drop_seen(
-        keep: torch.Tensor, earlier: int, round_index: int, blocks: slice, scratch: dict[str, torch.Tensor]
-    ) -> None:
-        keep &= ~in_view(earlier, round_index, blocks)
+    def keep(round_index: int, blocks: slice, scratch: dict[str, torch.Tensor]) -> torch.Tensor:
+        pairs = in_view(round_index, round_index, blocks)
+        for earlier in range(round_index):
+            pairs &= ~in_view(earlier, round_index, blocks)
+        return pairs
 
     return LSHLayout(
         query_ids,
@@ -480,6 +466,5 @@ def bucket_aligned_layout(
         needs_mask=True,
         rounds_used=rounds,
         empty_query_slots=True,
-        _visible=lambda round_index, blocks, scratch: in_view(round_index, round_index, blocks),
-        _drop_seen=drop_seen,
+        _keep=keep,
     )
