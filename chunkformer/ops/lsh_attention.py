@@ -196,9 +196,12 @@ def _logit_bias(
     if "bias" not in buffers or buffers["bias"].numel() < keep.numel():
         buffers["bias"] = torch.empty(keep.numel(), dtype=int_dtype, device=keep.device)
     bits = buffers["bias"][: keep.numel()].view(keep.shape)
-    # bits(-inf) - bits(-inf) * keep, the integer 0 / 1 copy of keep updated in one more pass.
-    minus_inf = torch.tensor(minus_inf_bits, dtype=int_dtype, device=keep.device)
-    torch.add(minus_inf, bits.copy_(keep.view(torch.uint8)), alpha=-minus_inf_bits, out=bits)
+    # bits(-inf) - bits(-inf) * keep, the integer 0 / 1 copy of keep updated in one more pass. (The 0-d
+    # operand is made on the device, once per call: from a Python number it would be a host-to-device copy,
+    # which on CUDA waits for the stream.)
+    if "minus inf" not in buffers or buffers["minus inf"].dtype != int_dtype:
+        buffers["minus inf"] = torch.full((), minus_inf_bits, dtype=int_dtype, device=keep.device)
+    torch.add(buffers["minus inf"], bits.copy_(keep.view(torch.uint8)), alpha=-minus_inf_bits, out=bits)
     return bits.view(dtype)
 
 
