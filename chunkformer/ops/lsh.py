@@ -439,25 +439,50 @@ def bucket_aligned_layout(
     # In round r' a pair is in view when the key is in the query's bucket with a rank in
     # (newest - bucket_size, newest]. One integer code per token makes that two comparisons.
     stride = seq_len + 2 * bucket_size + 2
-    code_dtype = torch.int32 if (n_buckets + 2) * stride < 2**31 else torch.long
+    # (Differences of two codes span (n_buckets + 3) * stride + bucket_size, which must not overflow.)
+    code_dtype = torch.int32 if (n_buckets + 4) * stride < 2**31 else torch.long
+    sign_shift = torch.iinfo(code_dtype).bits - 1
     key_code = _with_pad(torch.where(real, key_buckets * stride + key_rank + bucket_size, -1).to(code_dtype), -1)
     query_high = torch.where(has_key, query_buckets * stride + newest + bucket_size, -2 * stride)
     query_high = _with_pad(query_high.to(code_dtype), -2 * stride)
+    n_keys = key_ids.shape[-1]
+    if shared_qk:
+        # A query's own key sits at its own slot of the second key block in view (its own block).
+        not_self = (
+            torch.arange(bucket_size, device=device)[:, None] + (n_keys - bucket_size)
+            != torch.arange(n_keys, device=device)[None, :]
+        ).to(code_dtype)
 
-    def in_view(code_round: int, round_index: int, blocks: slice) -> torch.Tensor:
+    def out_of_view(
+        code_round: int, round_index: int, blocks: slice, out: torch.Tensor, below: torch.Tensor
+    ) -> None:
+        """``out`` <- -1 where round ``code_round`` does not have the pair in view, 0 where it does.
+
+        In view: 0 <= high - code < bucket_size, i.e. high - code and code + bucket_size - 1 - high both
+        non-negative; or-ed, the sign bit says whether either is negative, and an arithmetic shift spreads it.
+        Integer arithmetic throughout: comparisons that broadcast into bool are 5x slower here.
+        """
         query_r, key_r = query_ids[:, round_index, blocks], key_ids[:, round_index, blocks]
         code = _lookup(key_code[:, code_round], key_r)[..., None, :]
         high = _lookup(query_high[:, code_round], query_r)[..., :, None]
-        pairs = (code <= high) & (code > high - bucket_size)
-        if shared_qk:
-            pairs &= query_r[..., :, None] != key_r[..., None, :]
-        return pairs
+        torch.sub(high, code, out=out)
+        out.bitwise_or_(torch.sub(code + (bucket_size - 1), high, out=below)).bitwise_right_shift_(sign_shift)
 
     def keep(round_index: int, blocks: slice, scratch: dict[str, torch.Tensor]) -> torch.Tensor:
-        pairs = in_view(round_index, round_index, blocks)
+        shape = torch.Size((groups, query_ids[:, round_index, blocks].shape[1], bucket_size, n_keys))
+        kept = _scratch(scratch, "kept", shape, code_dtype, device)
+        earlier_view = _scratch(scratch, "earlier", shape, code_dtype, device)
+        below = _scratch(scratch, "below", shape, code_dtype, device)
+        out_of_view(round_index, round_index, blocks, kept, below)
+        kept.add_(1)  # 1 in view, 0 not
+        if shared_qk:
+            kept.bitwise_and_(not_self)
         for earlier in range(round_index):
-            pairs &= ~in_view(earlier, round_index, blocks)
-        return pairs
+            out_of_view(earlier, round_index, blocks, earlier_view, below)
+            kept.bitwise_and_(earlier_view)  # and-ed with 0 where that round had the pair in view
+        result = _scratch(scratch, "keep", shape, torch.bool, device)
+        result.view(torch.uint8).copy_(kept)
+        return result
 
     return LSHLayout(
         query_ids,
