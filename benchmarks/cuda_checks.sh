@@ -31,12 +31,14 @@ for name, status in available_backends().items():
 EOF
 
 status=0
+SECONDS=0
 HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-ci}" timeout 300 python3 -m pytest -q -p no:cacheprovider -rs \
     tests/ops/test_block_attention.py tests/ops/test_lsh.py -k "not test_gradcheck" \
     "tests/ops/test_lsh_attention.py::test_fused_kernels_match_the_math_kernel" \
     "tests/ops/test_lsh_attention.py::test_fused_half_precision_is_finite_and_close_to_float32" \
     "tests/ops/test_lsh_attention.py::test_fused_kernels_are_strictly_causal" tests/ops/test_attention.py \
     2>&1 | tee "$out/tests.log" | tail -25 || status=1
+echo "tests: ${SECONDS} s"
 
 timeout 400 python3 benchmarks/lsh_attention.py --device cuda --dtype bf16 --in-process --repeats 10 \
     --lengths 1024 4096 16384 65536 --hashes 1 4 \
@@ -44,6 +46,7 @@ timeout 400 python3 benchmarks/lsh_attention.py --device cuda --dtype bf16 --in-
     --markdown-out "$out/lsh_bf16.md" --json-out "$out/lsh_bf16.json" --plot-out "$out/lsh_bf16.png" \
     2>"$out/bench_bf16.err" || status=1
 tail -3 "$out/bench_bf16.err"
+echo "tests and benchmark: ${SECONDS} s"
 timeout 120 python3 benchmarks/lsh_profile.py --device cuda --dtype bf16 --length 65536 --hashes 4 --rows 30 \
     >"$out/profile_64k_bf16.txt" 2>&1 || status=1
 tail -36 "$out/profile_64k_bf16.txt" | cut -c1-160
