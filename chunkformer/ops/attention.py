@@ -81,28 +81,18 @@ def _xformers_import_error() -> str | None:
         return "xformers is not installed (pip install 'chunkformer[xformers]')"
     try:
         importlib.import_module("xformers.ops")
-        fmha = importlib.import_module("xformers.ops.fmha")
     except Exception as error:  # a broken install raises anything from ImportError to RuntimeError
         return f"xformers is installed but `import xformers.ops` failed: {type(error).__name__}: {error}"
-    # A wheel built for another torch / CUDA imports with a warning and loses its own C++/CUDA operators, but
-    # keeps those that call PyTorch's kernels (cutlass's "cutlassF-pt", flash's "-pt"): usable as long as one
-    # forward operator with its backward is left (xformers 0.0.35 beside a newer torch keeps cutlass).
-    families = [getattr(fmha, name, None) for name in _XFORMERS_FAMILIES]
-    if not any(_xformers_family_available(family) for family in families if family is not None):
+    # A wheel built for another torch / CUDA imports, warns, and then has no kernel for any CUDA input: even the
+    # operators that call PyTorch's kernels ("cutlassF-pt", "fa2F@...-pt") report themselves available and then
+    # refuse every input with "xFormers wasn't build with CUDA support" (xformers 0.0.35 on torch 2.11, H200).
+    cpp_lib = importlib.import_module("xformers._cpp_lib")
+    if not getattr(cpp_lib, "_built_with_cuda", True):
         return (
-            "xformers is installed but none of its attention operators is available (its C++/CUDA extensions "
-            "did not load and it found no compatible PyTorch kernel to call; `python -m xformers.info` says which)"
+            "xformers is installed but its C++/CUDA extensions did not load (a build for another torch or CUDA "
+            "version; `python -m xformers.info` says which)"
         )
     return None
-
-
-# xformers' fmha operator families, each a module with a forward (FwOp) and a backward (BwOp) operator.
-_XFORMERS_FAMILIES = ("flash3", "flash", "cutlass", "ck")
-
-
-def _xformers_family_available(family: object) -> bool:
-    operators = [getattr(family, name, None) for name in ("FwOp", "BwOp")]
-    return all(operator is not None and operator.is_available() for operator in operators)
 
 
 # Constant under torch.compile: probing the xformers import (lru_cache'd) and CUDA is not traceable, and its
