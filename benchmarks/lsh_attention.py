@@ -393,7 +393,8 @@ def main(argv: list[str] | None = None) -> None:
             ours = next((r for r in cell_rows if r["impl"] in OURS and "failed" not in r), None)
             for row in cell_rows:
                 if "failed" in row:
-                    lines.append(f"| {length} | {n_hashes} | {row['impl']} | failed: {row['failed']} | | | | | |")
+                    reason = " ".join(row["failed"].split()).replace("|", "/")  # one table cell: no newlines or pipes
+                    lines.append(f"| {length} | {n_hashes} | {row['impl']} | failed: {reason} | | | | | |")
                     continue
                 forward_flops, backward_flops = _flops(length, n_hashes)
                 share = (forward_flops + backward_flops) / row["fwd_bwd_s"] / (peak * 1e9)

@@ -610,7 +610,9 @@ def lsh_attention(
     ``"math"`` and whenever ``dropout_p > 0`` (see :mod:`chunkformer.ops.block_attention`).
 
     Randomness: rotations (and dropout) come from ``generator``, on the inputs' device; the global RNG is
-    neither read nor advanced. With ``generator=None`` a fixed seed is used, so calls are reproducible.
+    neither read nor advanced. With ``generator=None`` a fixed seed is used, so calls are reproducible: bit for
+    bit on CPU; on CUDA the output is, and the gradients are once ``torch.use_deterministic_algorithms(True)``
+    is set (by default they are added with float atomics, whose order varies in the last bit).
 
     Args:
         q: queries.
