@@ -5,11 +5,15 @@ Usage (on a CUDA machine, from the repository root)::
 
     python benchmarks/lsh_cuda_experiments.py gathers      # row-gather variants: micro and whole-call times
     python benchmarks/lsh_cuda_experiments.py determinism  # which results repeat bit for bit, and the cost
+    python benchmarks/lsh_cuda_experiments.py key-views    # key views gathered per view vs copied from blocks
 
 ``gathers`` times gathering 524,288 random rows of 128 bytes (a 64K-token round's key views) five exact ways,
 checks that each gives lsh_attention bit-identical outputs, and times a whole 16K / 64K forward+backward with
 each, interleaved. ``determinism`` runs each case twice, by default and under
 ``torch.use_deterministic_algorithms(True)``, and says which of the output and gradients repeat bit for bit.
+``key-views`` compares the CUDA key views as built before 2026-11-26 (each view's rows gathered: every key
+block twice) with the current ones (each block gathered once, the views copied contiguously): identical bits,
+and whole-call times interleaved.
 """
 
 from __future__ import annotations
@@ -151,13 +155,47 @@ def determinism() -> None:
     torch.use_deterministic_algorithms(False)
 
 
+def _per_view_key_views(k, v, piece_rows, round_index, blocks, buffers, windows):
+    """The CUDA key views before 2026-11-26: every view's rows gathered, so each key block twice."""
+    if windows and piece_rows.key_order is not None:
+        return _original_key_views(k, v, piece_rows, round_index, blocks, buffers, windows)
+    rows = piece_rows("key", round_index, blocks)
+    n_keys = piece_rows.key.shape[-1]
+    return _module._gather_rows(k, rows, n_keys, buffers, "k"), _module._gather_rows(v, rows, n_keys, buffers, "v")
+
+
+_original_key_views = _module._key_views
+
+
+def key_views() -> None:
+    variants = {"gathered per view": _per_view_key_views, "blocks once, copied": _original_key_views}
+    cases = [(65536, 4, "bf16"), (1000, 4, "bf16", False, True), (4096, 2, "fp32", False, True),
+             (3000, 3, "bf16", False, False, False)]
+    torch.use_deterministic_algorithms(True)
+    _module._key_views = _per_view_key_views
+    expected = {case: _call(*case) for case in cases}
+    _module._key_views = _original_key_views
+    same = all(all(torch.equal(got[key], expected[case][key]) for key in got) for case in cases for got in [_call(*case)])
+    print(f"bit-identical outputs and gradients: {same}")
+    torch.use_deterministic_algorithms(False)
+    for length in (16384, 65536):
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(12):
+            for name, function in variants.items():
+                _module._key_views = function
+                times[name] += _step_ms(length, 1)
+        for name in variants:
+            print(f"L={length} fwd+bwd {name:20s} {statistics.median(times[name]):.2f} ms (median of 12)")
+    _module._key_views = _original_key_views
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("experiment", choices=["gathers", "determinism"])
+    parser.add_argument("experiment", choices=["gathers", "determinism", "key-views"])
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("needs a CUDA device")
-    {"gathers": gathers, "determinism": determinism}[args.experiment]()
+    {"gathers": gathers, "determinism": determinism, "key-views": key_views}[args.experiment]()
 
 
 if __name__ == "__main__":

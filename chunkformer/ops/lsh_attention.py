@@ -154,12 +154,17 @@ def _key_views(
     buffers: dict[str, torch.Tensor],
     windows: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Key and value views (G, P, K, d) of one piece: overlapping windows when the layout and the kernel
-    allow it."""
-    if windows and piece_rows.key_order is not None:
+    """Key and value views (G, P, K, d) of one piece. Under the sorted layout each key block is gathered once
+    and the views read as overlapping windows; a kernel that cannot take those (``windows`` False: the CUDA
+    kernels) gets them copied into its contiguous (G, K, P, d) layout, as a copy runs 13x faster than a
+    gather of random rows on an H200 (0.025 against 0.33 ms for 32 MB)."""
+    if piece_rows.key_order is not None:
         rows = piece_rows("window", round_index, blocks)
         size = piece_rows.bucket_size
-        return _gather_windows(k, rows, size, buffers, "k"), _gather_windows(v, rows, size, buffers, "v")
+        k_views, v_views = _gather_windows(k, rows, size, buffers, "k"), _gather_windows(v, rows, size, buffers, "v")
+        if windows:
+            return k_views, v_views
+        return tuple(views.transpose(1, 2).contiguous().transpose(1, 2) for views in (k_views, v_views))
     rows = piece_rows("key", round_index, blocks)
     n_keys = piece_rows.key.shape[-1]
     return _gather_rows(k, rows, n_keys, buffers, "k"), _gather_rows(v, rows, n_keys, buffers, "v")
