@@ -952,8 +952,8 @@ def run_with_backend(case: LSHCase, backend: str, weights: torch.Tensor) -> list
 
 @given(case=lsh_cases(max_len=200))
 def test_cuda_plumbing_choices_change_nothing_on_cpu(case: LSHCase) -> None:
-    """On CUDA, key views are gathered per view (not read as overlapping windows) and rows with no key are
-    zeroed before the merge; forced on CPU, both must give the same output and gradients bit for bit."""
+    """On CUDA, key views are copied out contiguously (not read as overlapping windows) and rows with no key
+    are zeroed before the merge; forced on CPU, both must give the same output and gradients bit for bit."""
     weights = torch.randn(case.v.shape, generator=torch.Generator().manual_seed(case.seed), dtype=case.v.dtype)
     default = run_with_backend(case, "sdpa", weights)
     with pytest.MonkeyPatch.context() as patch:
