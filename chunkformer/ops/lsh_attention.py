@@ -164,7 +164,9 @@ def _key_views(
         k_views, v_views = _gather_windows(k, rows, size, buffers, "k"), _gather_windows(v, rows, size, buffers, "v")
         if windows:
             return k_views, v_views
-        return tuple(views.transpose(1, 2).contiguous().transpose(1, 2) for views in (k_views, v_views))
+        # (G, P, K, d) views of (G, K, P, d) memory: the kernels' layout, so _bmhk copies nothing more.
+        k_views, v_views = (views.transpose(1, 2).contiguous().transpose(1, 2) for views in (k_views, v_views))
+        return k_views, v_views
     rows = piece_rows("key", round_index, blocks)
     n_keys = piece_rows.key.shape[-1]
     return _gather_rows(k, rows, n_keys, buffers, "k"), _gather_rows(v, rows, n_keys, buffers, "v")
