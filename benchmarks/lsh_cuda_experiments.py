@@ -122,22 +122,7 @@ def gathers() -> None:
         print(f"  {name:20s} {_event_ms(lambda: select(source, rows, None, 'k')):.3f}")
     print(f"  {'copy of the source':20s} {_event_ms(lambda: source.clone()):.3f}")
     cases = [(65536, 4, "bf16"), (1000, 4, "bf16", False, True), (777, 3, "bf16", True, False), (4096, 2, "bf16", True, True)]
-    torch.use_deterministic_algorithms(True)  # gradients repeat bit for bit only in this mode
-    expected = {case: _call(*case) for case in cases}
-    for name, select in VARIANTS.items():
-        _module._select_rows = select
-        same = all(all(torch.equal(got[key], expected[case][key]) for key in got) for case in cases for got in [_call(*case)])
-        print(f"  {name:20s} bit-identical outputs and gradients: {same}")
-    torch.use_deterministic_algorithms(False)
-    for length in (16384, 65536):
-        times: dict[str, list[float]] = {name: [] for name in VARIANTS}
-        for _ in range(12):
-            for name, select in VARIANTS.items():
-                _module._select_rows = select
-                times[name] += _step_ms(length, 1)
-        for name in VARIANTS:
-            print(f"L={length} fwd+bwd {name:20s} {statistics.median(times[name]):.2f} ms (median of 12)")
-    _module._select_rows = _original_select
+    _compare_variants("_select_rows", VARIANTS, cases)
 
 
 def determinism() -> None:
@@ -171,22 +156,32 @@ def key_views() -> None:
     variants = {"gathered per view": _per_view_key_views, "blocks once, copied": _original_key_views}
     cases = [(65536, 4, "bf16"), (1000, 4, "bf16", False, True), (4096, 2, "fp32", False, True),
              (3000, 3, "bf16", False, False, False)]
+    _compare_variants("_key_views", variants, cases)
+
+
+def _compare_variants(attribute: str, variants: dict, cases: list[tuple]) -> None:
+    """With ``attribute`` of chunkformer.ops.lsh_attention set to each variant in turn: whether the cases'
+    outputs and gradients equal the first variant's bit for bit (in deterministic mode, the only one in which
+    gradients repeat on CUDA), then whole 16K / 64K forward+backward times, the variants interleaved."""
+    original = getattr(_module, attribute)
     torch.use_deterministic_algorithms(True)
-    _module._key_views = _per_view_key_views
-    expected = {case: _call(*case) for case in cases}
-    _module._key_views = _original_key_views
-    same = all(all(torch.equal(got[key], expected[case][key]) for key in got) for case in cases for got in [_call(*case)])
-    print(f"bit-identical outputs and gradients: {same}")
+    expected = None
+    for name, variant in variants.items():
+        setattr(_module, attribute, variant)
+        results = {case: _call(*case) for case in cases}
+        expected = expected or results
+        same = all(torch.equal(got, expected[case][key]) for case in cases for key, got in results[case].items())
+        print(f"  {name:20s} bit-identical outputs and gradients: {same}")
     torch.use_deterministic_algorithms(False)
     for length in (16384, 65536):
         times: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(12):
-            for name, function in variants.items():
-                _module._key_views = function
+            for name, variant in variants.items():
+                setattr(_module, attribute, variant)
                 times[name] += _step_ms(length, 1)
         for name in variants:
             print(f"L={length} fwd+bwd {name:20s} {statistics.median(times[name]):.2f} ms (median of 12)")
-    _module._key_views = _original_key_views
+    setattr(_module, attribute, original)
 
 
 def main(argv: list[str] | None = None) -> None:
