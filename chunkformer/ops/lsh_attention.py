@@ -156,8 +156,8 @@ def _key_views(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Key and value views (G, P, K, d) of one piece. Under the sorted layout each key block is gathered once
     and the views read as overlapping windows; a kernel that cannot take those (``windows`` False: the CUDA
-    kernels) gets them copied into its contiguous (G, K, P, d) layout, as a copy runs 13x faster than a
-    gather of random rows on an H200 (0.025 against 0.33 ms for 32 MB)."""
+    kernels) gets them copied into its contiguous (G, K, P, d) layout: on an H200 a copy runs far faster than
+    a gather of random rows (32 MB copied in 0.025 ms; 524,288 random 128-byte rows gathered in 0.33 ms)."""
     if piece_rows.key_order is not None:
         rows = piece_rows("window", round_index, blocks)
         size = piece_rows.bucket_size

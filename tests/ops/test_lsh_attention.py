@@ -972,12 +972,13 @@ def test_output_and_gradients_repeat_bit_for_bit(device: str, backend: str, case
     case = on_device(case, device, torch.float32)
     weights = torch.randn(case.v.shape, generator=torch.Generator().manual_seed(case.seed)).to(device)
     deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(device == "cuda" or deterministic)
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(device == "cuda" or deterministic, warn_only=warn_only)
     try:
         first = run_with_backend(case, backend, weights)
         second = run_with_backend(case, backend, weights)
     finally:
-        torch.use_deterministic_algorithms(deterministic)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
     for name, a, b in zip(["output", "grad q", "grad k", "grad v"], first, second):
         assert torch.equal(a, b), f"{name} differs between two identical calls"
 
