@@ -249,6 +249,13 @@ _CUDA_PIECE_BYTES = 64 << 20
 _NORMALIZE_EPS = 1e-12
 
 
+def _normalize_eps(dtype: torch.dtype) -> float:
+    """F.normalize's eps where the dtype holds it, else its smallest normal number: in float16 1e-12 rounds
+    to 0, and a zero query (its norm 0) would get key 0 / 0 = NaN, and NaN logits for every query that
+    sees it."""
+    return max(_NORMALIZE_EPS, torch.finfo(dtype).tiny)
+
+
 def _piece_bytes(device_type: str) -> int:
     return _CUDA_PIECE_BYTES if device_type == "cuda" else _PIECE_BYTES
 
@@ -289,7 +296,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
             # Keys are the unit-normalised queries (as F.normalize computes them); normalising here lets the
             # backward fold the normalisation's gradient into q's in a few passes.
             query_norm = q.norm(2, dim=-1, keepdim=True)
-            k = q / query_norm.clamp_min(_NORMALIZE_EPS)
+            k = q / query_norm.clamp_min(_normalize_eps(q.dtype))
         assert k is not None
         acc = torch.promote_types(q.dtype, torch.float32)
         slots_per_round = layout.query_ids[0, 0].numel()
@@ -481,10 +488,10 @@ class _LSHAttentionFunction(torch.autograd.Function):
         grad_v = grad_v.reshape(v.shape)
         if query_norm is not None:
             # Gradient of k = q / max(|q|, eps): (g - k (k . g)) / |q|, or g / eps where |q| < eps.
-            norm = query_norm.to(acc)
+            norm, eps = query_norm.to(acc), _normalize_eps(q.dtype)
             # (einsum: no full-size temporary, measured 5x faster than (grad_k * k).sum at 64K tokens)
-            radial = torch.einsum("gnd,gnd->gn", grad_k, k.to(acc))[..., None].masked_fill_(norm < _NORMALIZE_EPS, 0.0)
-            grad_q += grad_k.addcmul_(k.to(acc), radial, value=-1.0).div_(norm.clamp_min(_NORMALIZE_EPS))
+            radial = torch.einsum("gnd,gnd->gn", grad_k, k.to(acc))[..., None].masked_fill_(norm < eps, 0.0)
+            grad_q += grad_k.addcmul_(k.to(acc), radial, value=-1.0).div_(norm.clamp_min(eps))
             return grad_q.to(q.dtype), None, grad_v.to(v.dtype), None, None, None, None, None, None, None
         return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), None, None, None, None, None, None, None
 
@@ -598,7 +605,9 @@ def lsh_attention(
       query whose bucket holds no earlier key sees nothing and returns zeros (with ``shared_qk``, itself).
 
     ``shared_qk=True`` is Reformer's shared-QK attention: keys are the unit-normalised queries, and a token
-    attends to itself only when it has nothing else to attend to (then it returns its own value).
+    attends to itself only when it has nothing else to attend to (then it returns its own value). Keys are
+    q / max(|q|, eps) with F.normalize's eps = 1e-12, or in float16, where 1e-12 rounds to 0, its smallest
+    normal number: a zero query has key 0.
     ``shared_qk=False`` hashes q and k with the same rotations and sorts each: a query and the keys near it
     in angle usually share a bucket but, since the two sorts are cut into blocks independently, a query's
     block may not line up with all keys of its bucket; that is the approximation.

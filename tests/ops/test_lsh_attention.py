@@ -662,6 +662,25 @@ def test_half_precision_is_finite_and_close_to_float64(
         assert t.grad is not None and torch.isfinite(t.grad.float()).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@given(seq_len=st.integers(2, 120), zero_rows=st.sets(st.integers(0, 119), min_size=1, max_size=8))
+def test_zero_query_under_shared_qk_is_finite(dtype: torch.dtype, seq_len: int, zero_rows: set[int]) -> None:
+    # A zero query's key is 0 / max(0, eps): with F.normalize's eps (1e-12, which is 0 in float16) it would be
+    # NaN, and so would the logits of every query that sees it.
+    g = torch.Generator().manual_seed(seq_len)
+    q = randn((1, 2, seq_len, 8), g)
+    q[:, :, [row % seq_len for row in zero_rows]] = 0.0
+    v = randn((1, 2, seq_len, 8), g)
+    half = LSHCase(q, q, v, None, 8, 2, None, False, True, seed=seq_len).cast(dtype)
+    wide = half.cast(torch.float64)
+    q_half, v_half = (t.clone().requires_grad_(True) for t in (half.q, half.v))
+    out = half.run(q_half, None, v_half)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), wide.run(), atol=6e-2, rtol=6e-2)
+    out.float().sum().backward()
+    assert torch.isfinite(q_half.grad.float()).all() and torch.isfinite(v_half.grad.float()).all()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # 7. More rounds, better approximation
 # ----------------------------------------------------------------------------------------------------------
