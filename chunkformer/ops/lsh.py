@@ -27,7 +27,6 @@ __all__ = [
     "bucket_aligned_layout",
     "default_n_buckets",
     "hash_buckets",
-    "keep_pattern",
     "random_rotations",
     "sorted_layout",
 ]
@@ -154,6 +153,8 @@ class LSHLayout:
         key_order: (G, R, Q * bs) tokens in key-sorted order when key block g of every round is sorted
             blocks g - 1 and g (cyclically), i.e. ``key_ids[:, r, g] == key_order[:, r, (g-1)*bs:(g+1)*bs]``;
             then the key views overlap and can be read as windows of one gathered copy. None otherwise.
+        first_round_pattern: (bs, K) bool when the first round's mask is this one pattern in every block of
+            every group (no padding, nothing to drop from earlier rounds); None otherwise.
     """
 
     query_ids: torch.Tensor
@@ -164,6 +165,7 @@ class LSHLayout:
     empty_query_slots: bool
     _keep: Callable[[int, slice, dict[str, torch.Tensor]], torch.Tensor]
     key_order: torch.Tensor | None = None
+    first_round_pattern: torch.Tensor | None = None
 
     def keep(
         self, round_index: int, blocks: slice = slice(None), scratch: dict[str, torch.Tensor] | None = None
@@ -173,21 +175,21 @@ class LSHLayout:
 
         A pair that several rounds put in view is kept in the first of them only, so the rounds together
         attend to each key of the union once. Built for one piece of one round at a time (its work stays in
-        cache), comparing with the r earlier rounds. The first round's mask may be one (bs, K) pattern
-        broadcast to the full shape (strides 0 on G and P) when it is the same for every block; see
-        :func:`keep_pattern`. ``scratch`` lends work buffers that successive calls reuse; the result may live
-        in them, so it is valid until the next call with the same ``scratch``.
+        cache), comparing with the r earlier rounds. A round with a :meth:`keep_pattern` gets that pattern
+        expanded (a read-only view). ``scratch`` lends work buffers that successive calls reuse; the result
+        may live in them, so it is valid until the next call with the same ``scratch``.
         """
         if not self.needs_mask:
             return None
         return self._keep(round_index, blocks, {} if scratch is None else scratch)
 
-
-def keep_pattern(keep: torch.Tensor) -> torch.Tensor:
-    """The (1, 1, bs, K) pattern a broadcast keep mask repeats, or the mask itself when it is not one."""
-    if keep.dim() == 4 and keep.stride(0) == 0 and keep.stride(1) == 0:
-        return keep[:1, :1]
-    return keep
+    def keep_pattern(self, round_index: int) -> torch.Tensor | None:
+        """The (bs, K) bool pattern that round ``round_index``'s mask repeats in every block of every group,
+        or None when its blocks differ or nothing is masked. Said by the layout, which knows it: a broadcast
+        view cannot say it through its strides, since a size-1 dimension's stride is arbitrary."""
+        if not self.needs_mask or round_index != 0:
+            return None
+        return self.first_round_pattern
 
 
 def _scratch(scratch: dict[str, torch.Tensor], name: str, shape: torch.Size, dtype: torch.dtype, device) -> torch.Tensor:
@@ -297,7 +299,6 @@ def sorted_layout(
         query_r = query_ids[:, round_index, blocks]
         shape = (groups, query_r.shape[1], bucket_size, n_keys)
         if not has_padding and round_index == 0:
-            # The first round attends the pattern itself, broadcast.
             return not_self.expand(shape)
         kept = _scratch(scratch, "kept", torch.Size(shape), block_dtype, device)
         if has_padding:
@@ -336,6 +337,9 @@ def sorted_layout(
         empty_query_slots=has_padding,
         _keep=keep,
         key_order=key_order if n_blocks > 1 else None,
+        # Without padding the first round drops nothing: its mask is the self-exclusion pattern (all True
+        # without shared QK) in every block.
+        first_round_pattern=None if has_padding else not_self,
     )
 
 

@@ -20,6 +20,7 @@ N x n_hashes x 2 x bucket_size values.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -37,7 +38,6 @@ from chunkformer.ops.lsh import (
     bucket_aligned_layout,
     default_n_buckets,
     hash_buckets,
-    keep_pattern,
     random_rotations,
     sorted_layout,
 )
@@ -187,18 +187,20 @@ _MINUS_INF_BITS = {
 
 
 def _logit_bias(
-    keep: torch.Tensor | None, dtype: torch.dtype, buffers: dict[str, torch.Tensor] | None = None
+    keep: torch.Tensor | None,
+    pattern: torch.Tensor | None,
+    dtype: torch.dtype,
+    buffers: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor | None:
-    """0 where the pair is attended, -inf elsewhere: one round's (G, Q, bs, K) additive mask (written into
-    ``buffers["bias"]`` when given, reused across rounds)."""
+    """0 where the pair is attended, -inf elsewhere: one piece's (G, P, bs, K) additive mask. A round whose
+    mask is one (bs, K) ``pattern`` gets the pattern's bias, broadcast (the kernels read a broadcast bias as
+    such); others are written into ``buffers["bias"]`` when given, reused across pieces and rounds."""
     if keep is None:
         return None
-    pattern = keep_pattern(keep)
-    if pattern is not keep or buffers is None:
-        # (A broadcast pattern stays one: the kernels read a broadcast bias as such.)
+    if pattern is not None or buffers is None:
         zero = torch.zeros((), dtype=dtype, device=keep.device)
         minus_inf = torch.full((), float("-inf"), dtype=dtype, device=keep.device)
-        return torch.where(pattern, zero, minus_inf).expand(keep.shape)
+        return torch.where(keep if pattern is None else pattern, zero, minus_inf).expand(keep.shape)
     int_dtype, minus_inf_bits = _MINUS_INF_BITS[dtype]
     if "bias" not in buffers or buffers["bias"].numel() < keep.numel():
         buffers["bias"] = torch.empty(keep.numel(), dtype=int_dtype, device=keep.device)
@@ -268,6 +270,30 @@ def _blocks_per_piece(groups: int, n_keys: int, width: int, element_size: int, d
     return max(1, _piece_bytes(device_type) // (groups * n_keys * width * element_size))
 
 
+def _pieces(n_blocks: int, blocks_per_piece: int) -> Iterator[slice]:
+    """The query blocks of each kernel call: whole pieces, then a last, shorter one. Slices end at
+    ``n_blocks``, so a piece has as many blocks as its slice says."""
+    for start in range(0, n_blocks, blocks_per_piece):
+        yield slice(start, min(start + blocks_per_piece, n_blocks))
+
+
+def _piece_keep(
+    layout: LSHLayout,
+    round_index: int,
+    blocks: slice,
+    pattern: torch.Tensor | None,
+    round_keep: torch.Tensor | None = None,
+    scratch: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor | None:
+    """One piece's (G, P, bs, K) mask: the round's pattern expanded, or the piece of ``round_keep`` (the
+    backward pass), or built by the layout (the forward pass, with its ``scratch``)."""
+    if pattern is not None:
+        return pattern.expand(layout.query_ids.shape[0], blocks.stop - blocks.start, *pattern.shape)
+    if scratch is None:
+        return None if round_keep is None else round_keep[:, blocks]
+    return layout.keep(round_index, blocks, scratch)
+
+
 class _LSHAttentionFunction(torch.autograd.Function):
     """Rounds run one after another, merged online (running max, weight sum and average output per token),
     and each round's kernels run a few blocks at a time, so the gathered blocks, the float mask and the
@@ -289,6 +315,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
         dropout_p: float,
         generator_state: torch.Tensor | None,
         kernel: str,
+        blocks_per_piece: int | None,
     ) -> torch.Tensor:
         groups, seq_len, _ = q.shape
         query_norm = None
@@ -302,7 +329,8 @@ class _LSHAttentionFunction(torch.autograd.Function):
         slots_per_round = layout.query_ids[0, 0].numel()
         n_blocks, bucket_size = layout.query_ids.shape[2], layout.query_ids.shape[3]
         n_keys = layout.key_ids.shape[3]
-        blocks_per_piece = _blocks_per_piece(groups, n_keys, kernel_width(q, v), q.element_size(), q.device.type)
+        if blocks_per_piece is None:
+            blocks_per_piece = _blocks_per_piece(groups, n_keys, kernel_width(q, v), q.element_size(), q.device.type)
         windows = takes_overlapping_keys(kernel)
         dropout_generator = _dropout_generator(generator_state, dropout_p, q.device)
         running_max = torch.full((groups, seq_len), float("-inf"), dtype=acc, device=q.device)
@@ -334,7 +362,12 @@ class _LSHAttentionFunction(torch.autograd.Function):
         del local, block
         for round_index in range(rounds):
             dropout_mask = _dropout_keep(layout, dropout_p, dropout_generator)
+            # A round's mask is either one (bs, K) pattern that every block repeats, as the layout says, or
+            # built a piece at a time, and then kept whole for the backward pass.
+            pattern = layout.keep_pattern(round_index)
             round_keep = None
+            if will_backward and layout.needs_mask and pattern is None:
+                round_keep = torch.empty(groups, n_blocks, bucket_size, n_keys, dtype=torch.bool, device=q.device)
             # The round's outputs, slot-major like the blocks; the kernels fill them a piece at a time.
             if "out_round" not in buffers:
                 buffers["out_round"] = q.new_empty(groups, bucket_size, n_blocks, v.shape[-1])
@@ -342,17 +375,10 @@ class _LSHAttentionFunction(torch.autograd.Function):
             out_blocks = buffers["out_round"].transpose(1, 2)
             out_flat = buffers["out_round"].reshape(-1, v.shape[-1])
             lse_blocks = buffers["lse_round"]
-            for start in range(0, n_blocks, blocks_per_piece):
-                blocks = slice(start, start + blocks_per_piece)
-                piece_keep = layout.keep(round_index, blocks, mask_scratch)
-                if will_backward and piece_keep is not None:
-                    full_shape = (piece_keep.shape[0], n_blocks, *piece_keep.shape[2:])
-                    if keep_pattern(piece_keep) is not piece_keep:
-                        round_keep = keep_pattern(piece_keep).expand(full_shape)
-                    else:
-                        if round_keep is None:
-                            round_keep = piece_keep.new_empty(full_shape)
-                        round_keep[:, blocks] = piece_keep
+            for blocks in _pieces(n_blocks, blocks_per_piece):
+                piece_keep = _piece_keep(layout, round_index, blocks, pattern, scratch=mask_scratch)
+                if round_keep is not None:
+                    round_keep[:, blocks] = piece_keep
                 query_rows = piece_rows("query", round_index, blocks)
                 k_blocks, v_blocks = _key_views(k, v, piece_rows, round_index, blocks, buffers, windows)
                 piece_out, piece_lse = block_forward(
@@ -360,7 +386,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
                     _gather_rows(q, query_rows, bucket_size, buffers, "q"),
                     k_blocks,
                     v_blocks,
-                    _logit_bias(piece_keep, q.dtype, buffers),
+                    _logit_bias(piece_keep, pattern, q.dtype, buffers),
                     scale,
                     None if dropout_mask is None else dropout_mask[:, blocks],
                     dropout_p,
@@ -368,7 +394,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
                 if piece_keep is not None:
                     # Kernels disagree on rows with no key in view (lse 0 or -inf): make it -inf.
                     # (a max over bytes: bool any() is not vectorised on CPU, measured 6x slower)
-                    attends_none = keep_pattern(piece_keep).view(torch.uint8).amax(dim=-1) == 0
+                    attends_none = (piece_keep if pattern is None else pattern).view(torch.uint8).amax(dim=-1) == 0
                     piece_lse = piece_lse.masked_fill(attends_none, float("-inf"))
                     if not zeroes_empty_rows(kernel):
                         # The merge weighs such a row by 0, which keeps 0 but not NaN.
@@ -441,8 +467,9 @@ class _LSHAttentionFunction(torch.autograd.Function):
         windows = takes_overlapping_keys(kernel)
         for round_index in range(layout.rounds_used):
             dropout_mask = _dropout_keep(layout, ctx.dropout_p, dropout_generator)
-            for start in range(0, n_blocks, blocks_per_piece):
-                blocks = slice(start, start + blocks_per_piece)
+            pattern = layout.keep_pattern(round_index)
+            for blocks in _pieces(n_blocks, blocks_per_piece):
+                piece_keep = _piece_keep(layout, round_index, blocks, pattern, round_keep=keeps[round_index])
                 query_rows, key_rows = piece_rows("query", round_index, blocks), piece_rows("key", round_index, blocks)
                 q_blocks = _gather_rows(q, query_rows, bucket_size, buffers, "q")
                 k_blocks, v_blocks = _key_views(k, v, piece_rows, round_index, blocks, buffers, windows)
@@ -465,7 +492,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
                 grad_q_blocks, grad_k_blocks, grad_v_blocks = block_backward(
                     kernel,
                     grad_blocks, q_blocks, k_blocks, v_blocks, out_blocks, lse_blocks,
-                    _logit_bias(None if keeps[round_index] is None else keeps[round_index][:, blocks], q.dtype, buffers),
+                    _logit_bias(piece_keep, pattern, q.dtype, buffers),
                     ctx.scale,
                     None if dropout_mask is None else dropout_mask[:, blocks], ctx.dropout_p,
                 )
@@ -492,8 +519,8 @@ class _LSHAttentionFunction(torch.autograd.Function):
             # (einsum: no full-size temporary, measured 5x faster than (grad_k * k).sum at 64K tokens)
             radial = torch.einsum("gnd,gnd->gn", grad_k, k.to(acc))[..., None].masked_fill_(norm < eps, 0.0)
             grad_q += grad_k.addcmul_(k.to(acc), radial, value=-1.0).div_(norm.clamp_min(eps))
-            return grad_q.to(q.dtype), None, grad_v.to(v.dtype), None, None, None, None, None, None, None
-        return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), None, None, None, None, None, None, None
+            return (grad_q.to(q.dtype), None, grad_v.to(v.dtype)) + (None,) * 8
+        return (grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype)) + (None,) * 8
 
 
 def _check_lsh_inputs(
@@ -507,6 +534,7 @@ def _check_lsh_inputs(
     key_padding_mask: torch.Tensor | None,
     generator: torch.Generator | None,
     dropout_p: float,
+    blocks_per_piece: int | None,
 ) -> None:
     for label, tensor in (("q", q), ("v", v)) + ((("k", k),) if k is not None else ()):
         if not isinstance(tensor, torch.Tensor):
@@ -571,6 +599,10 @@ def _check_lsh_inputs(
             )
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"lsh_attention expects 0 <= dropout_p < 1, got {dropout_p}")
+    if blocks_per_piece is not None and (
+        isinstance(blocks_per_piece, bool) or not isinstance(blocks_per_piece, int) or blocks_per_piece < 1
+    ):
+        raise ValueError(f"lsh_attention expects blocks_per_piece to be None or a positive int, got {blocks_per_piece!r}")
 
 
 def lsh_attention(
@@ -586,6 +618,7 @@ def lsh_attention(
     key_padding_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     dropout_p: float = 0.0,
+    blocks_per_piece: int | None = None,
 ) -> torch.Tensor:
     """Angular-LSH attention with bucket sort (Reformer, Kitaev et al. 2020) for any sequence length.
 
@@ -642,6 +675,9 @@ def lsh_attention(
         key_padding_mask: True where a token is padding.
         generator: source of the rotations and dropout masks.
         dropout_p: dropout on the attention weights (pass 0 in evaluation).
+        blocks_per_piece: query blocks per kernel call, which bounds the memory of each call; None sizes
+            pieces to about 2 MB of keys on CPU (their buffers stay in cache and are reused) and 64 MB on
+            CUDA. Every value gives the same result, bit for bit.
 
     Returns:
         The attention output.
@@ -652,7 +688,9 @@ def lsh_attention(
         - key_padding_mask: (B, N)
         - output: (B, H, N, dv)
     """
-    _check_lsh_inputs(q, k, v, bucket_size, n_hashes, n_buckets, shared_qk, key_padding_mask, generator, dropout_p)
+    _check_lsh_inputs(
+        q, k, v, bucket_size, n_hashes, n_buckets, shared_qk, key_padding_mask, generator, dropout_p, blocks_per_piece
+    )
     batch, heads, seq_len, head_dim = q.shape
     if n_buckets is None:
         n_buckets = default_n_buckets(seq_len, bucket_size)
@@ -683,6 +721,6 @@ def lsh_attention(
     scale = 1.0 / math.sqrt(head_dim)
     kernel = block_kernel(current_backend(q, k, v), q.device, dropout_p)
     out = _LSHAttentionFunction.apply(
-        q_flat, k_flat, v_flat, layout, valid, scale, shared_qk, dropout_p, generator_state, kernel
+        q_flat, k_flat, v_flat, layout, valid, scale, shared_qk, dropout_p, generator_state, kernel, blocks_per_piece
     )
     return out.reshape(batch, heads, seq_len, v.shape[-1])

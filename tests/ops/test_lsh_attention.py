@@ -604,33 +604,143 @@ def test_gradcheck_float64(
         assert torch.autograd.gradcheck(lambda q, k, v: case.run(q, k, v), (q, k, v), eps=1e-6, atol=1e-5)
 
 
-# Shared QK without padding over whole blocks: the first round's mask is one broadcast pattern, built per piece.
+# ----------------------------------------------------------------------------------------------------------
+# 5b. Pieces: the kernels run a few query blocks at a time; every way of cutting a round gives the same result
+# ----------------------------------------------------------------------------------------------------------
+
+
+def query_blocks(case: LSHCase) -> int:
+    """Query blocks per round, from the layouts' definitions: ceil(N / bs) sorted blocks; causal, one block
+    per bucket more (each bucket starts a block), and with separate q and k ceil(N / bs) more again."""
+    blocks = max(1, math.ceil(case.seq_len / case.bucket_size))
+    if not case.causal:
+        return blocks
+    n_buckets = reference_n_buckets(case.seq_len, case.bucket_size) if case.n_buckets is None else case.n_buckets
+    key_blocks = blocks + n_buckets
+    return key_blocks if case.shared_qk else key_blocks + blocks
+
+
+PIECE_KINDS = ("one piece", "a piece per block", "equal pieces", "a last partial piece", "a last piece of one block")
+
+
+@st.composite
+def pieces_of(draw: st.DrawFn, n_blocks: int) -> tuple[str, int]:
+    """A way of cutting n_blocks query blocks into kernel calls: (its kind, blocks per piece)."""
+    kind = draw(st.sampled_from(PIECE_KINDS))
+    if kind == "one piece":
+        return kind, n_blocks + draw(st.integers(0, 2))
+    if kind == "a piece per block":
+        return kind, 1
+    if kind == "equal pieces":
+        divisors = [d for d in range(2, n_blocks) if n_blocks % d == 0]
+        assume(divisors)
+        return kind, draw(st.sampled_from(divisors))
+    if kind == "a last piece of one block":  # the piece that crashed training (issue 23)
+        sizes = [d for d in range(2, n_blocks) if n_blocks % d == 1]
+    else:
+        sizes = [d for d in range(2, n_blocks) if n_blocks % d > 1]
+    assume(sizes)
+    return kind, draw(st.sampled_from(sizes))
+
+
+@st.composite
+def piece_cases(draw: st.DrawFn) -> tuple[LSHCase, str, int]:
+    """A case, half the time over whole blocks without padding (the first round's mask is then one pattern
+    every block repeats, the broadcast branch), and a way of cutting it into pieces."""
+    case = draw(lsh_cases(min_len=4, max_len=150, max_batch=3))
+    if draw(st.booleans(), label="broadcast first round"):
+        bucket_size, n_blocks = draw(st.integers(2, 8)), draw(st.integers(2, 12))
+        g = torch.Generator().manual_seed(case.seed)
+        batch, heads, _, head_dim = case.q.shape
+        q, k, v = (randn((batch, heads, n_blocks * bucket_size, width), g) for width in (head_dim, head_dim, case.v.shape[-1]))
+        case = replace(case, q=q, k=k, v=v, mask=None, bucket_size=bucket_size, causal=False, n_hashes=max(case.n_hashes, 2))
+    kind, blocks_per_piece = draw(pieces_of(query_blocks(case)))
+    return case, kind, blocks_per_piece
+
+
+def run_with_gradients(case: LSHCase, **overrides: object) -> list[torch.Tensor]:
+    """Output and the gradients of q, k, v for a fixed random output gradient."""
+    weights = randn((*case.v.shape[:3], case.v.shape[-1]), torch.Generator().manual_seed(case.seed), case.v.dtype)
+    inputs = [t.clone().requires_grad_(True) for t in (case.q, case.k, case.v)]
+    out = case.run(*inputs, **overrides)
+    grads = torch.autograd.grad((out * weights).sum(), inputs, allow_unused=True, materialize_grads=True)
+    return [out.detach(), *grads]
+
+
+# The first round's pattern broadcast over 4 blocks cut 3 + 1: the shape of the training crash of issue 23.
 @example(
-    case=LSHCase(*(randn((1, 2, 24, 4), torch.Generator().manual_seed(i)) for i in range(3)), None, 4, 3, None, False, True, 5),
+    pieces=(LSHCase(*(randn((2, 3, 16, 4), torch.Generator().manual_seed(i)) for i in range(3)), None, 4, 2, None, False, False, 5), "a last piece of one block", 3),
     dropout_p=0.0,
-    blocks_per_piece=2,
 )
-@given(case=lsh_cases(max_len=150), dropout_p=st.sampled_from([0.0, 0.3]), blocks_per_piece=st.integers(1, 3))
-def test_kernels_in_pieces_equal_one_call(case: LSHCase, dropout_p: float, blocks_per_piece: int) -> None:
-    """Both passes run their kernels over a few blocks at a time (bounded memory per call); in pieces of
-    1 to 3 blocks the output and the gradients must equal those of a single call over all blocks."""
+@example(
+    pieces=(LSHCase(*(randn((1, 2, 24, 4), torch.Generator().manual_seed(i)) for i in range(3)), None, 4, 3, None, False, True, 5), "equal pieces", 2),
+    dropout_p=0.0,
+)
+@settings(max_examples=max(60, settings.default.max_examples))
+@given(pieces=piece_cases(), dropout_p=st.sampled_from([0.0, 0.0, 0.3]))
+def test_any_cut_into_pieces_gives_the_same_result(pieces: tuple[LSHCase, str, int], dropout_p: float) -> None:
+    """Forward and backward in pieces of ``blocks_per_piece`` query blocks equal one call over all blocks (the
+    output bit for bit; gradients up to the order in which a key's two views are added) and, without dropout,
+    the slow reference. The row loops (merge, fallback) run a row at a time."""
+    case, _, blocks_per_piece = pieces
     case = replace(case, dropout_p=dropout_p)
-    weights = randn((*case.v.shape[:3], case.v.shape[-1]), torch.Generator().manual_seed(case.seed))
-
-    def run() -> list[torch.Tensor]:
-        inputs = [t.clone().requires_grad_(True) for t in (case.q, case.k, case.v)]
-        out = case.run(*inputs)
-        (out * weights).sum().backward()
-        return [out.detach()] + [t.grad if t.grad is not None else torch.zeros_like(t) for t in inputs]
-
-    whole = run()
+    whole = run_with_gradients(case, blocks_per_piece=query_blocks(case))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(lsh_attention_module, "_PIECE_BYTES", 1)
-        assert lsh_attention_module._blocks_per_piece(2, 128, 64, 8) == 1
-        patch.setattr(lsh_attention_module, "_blocks_per_piece", lambda *_: blocks_per_piece)
-        pieces = run()
-    for name, expected, got in zip(["output", "grad q", "grad k", "grad v"], whole, pieces):
+        cut = run_with_gradients(case, blocks_per_piece=blocks_per_piece)
+    assert torch.equal(cut[0], whole[0]), f"the output differs between one piece and pieces of {blocks_per_piece}"
+    for name, expected, got in zip(["grad q", "grad k", "grad v"], whole[1:], cut[1:]):
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12, msg=f"{name} differs")
+    if dropout_p == 0.0:
+        q, k, v = (t.clone().requires_grad_(True) for t in (case.q, case.k, case.v))
+        want, margin = reference_lsh(case, q, v, k)
+        assume(margin > HASH_MARGIN)
+        torch.testing.assert_close(cut[0], want.detach(), atol=1e-9, rtol=1e-9)
+        weights = randn((*case.v.shape[:3], case.v.shape[-1]), torch.Generator().manual_seed(case.seed))
+        expected = torch.autograd.grad((want * weights).sum(), (q, k, v), allow_unused=True, materialize_grads=True)
+        for name, got, g_want in zip("qkv", cut[1:], expected, strict=True):
+            torch.testing.assert_close(got, g_want, atol=1e-8, rtol=1e-8, msg=lambda m, n=name: f"d{n}: {m}")
+
+
+def test_piece_cases_reach_every_branch() -> None:
+    """The strategy above draws every kind of cut, with and without the broadcast first round: the branches
+    the property test is meant to cover are not left to luck."""
+    seen: set[tuple[str, bool]] = set()
+
+    @settings(max_examples=300, derandomize=True, database=None)
+    @given(pieces=piece_cases())
+    def collect(pieces: tuple[LSHCase, str, int]) -> None:
+        case, kind, _ = pieces
+        broadcast = case.mask is None and not case.causal and case.seq_len % case.bucket_size == 0
+        seen.add((kind, broadcast))
+
+    collect()
+    assert seen == {(kind, broadcast) for kind in PIECE_KINDS for broadcast in (False, True)}
+
+
+# The shapes of issue 23's table (bucket 49, 2 rounds: the SCT models' defaults), which crashed in the
+# backward-enabled forward pass with the default pieces.
+@pytest.mark.parametrize("shared_qk", [False, True], ids=["separate", "shared"])
+@pytest.mark.parametrize(
+    "shape", [(4, 6, 196, 64), (2, 8, 196, 96), (5, 6, 784, 32), (6, 6, 3136, 16)], ids=lambda s: "x".join(map(str, s))
+)
+def test_model_shapes_train_with_default_pieces(shape: tuple[int, int, int, int], shared_qk: bool) -> None:
+    g = torch.Generator().manual_seed(sum(shape))
+    q, k, v = (randn(shape, g, torch.float32) for _ in range(3))
+    case = LSHCase(q, k, v, None, 49, 2, None, False, shared_qk, seed=3)
+    default = run_with_gradients(case)
+    one_call = run_with_gradients(case, blocks_per_piece=query_blocks(case))
+    assert torch.equal(default[0], one_call[0]), "the output differs between the default pieces and one call"
+    for name, expected, got in zip(["grad q", "grad k", "grad v"], one_call[1:], default[1:]):
+        assert torch.isfinite(got).all(), f"{name} is not finite"
+        torch.testing.assert_close(got, expected, msg=f"{name} differs between the default pieces and one call")
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_bad_blocks_per_piece_raises(bad: object) -> None:
+    q = torch.zeros(1, 1, 8, 4)
+    with pytest.raises(ValueError, match=rf"blocks_per_piece to be None or a positive int, got {re.escape(repr(bad))}"):
+        lsh_attention(q, q, q, bucket_size=4, blocks_per_piece=bad)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -929,9 +1039,14 @@ def test_logit_bias_is_zero_or_minus_inf(dtype: torch.dtype) -> None:
     """The additive mask is built from integer bit patterns: it must equal where(keep, 0, -inf) exactly."""
     keep = torch.rand(2, 3, 4, 5, generator=torch.Generator().manual_seed(0)) > 0.5
     piece = keep[:, 1:]  # a non-contiguous piece, as the kernels receive
-    bias = lsh_attention_module._logit_bias(piece, dtype, {})
+    bias = lsh_attention_module._logit_bias(piece, None, dtype, {})
     assert bias.dtype == dtype
     assert torch.equal(bias, torch.where(piece, 0.0, float("-inf")).to(dtype))
+    # A round whose mask is one pattern: its bias, broadcast over groups and blocks.
+    pattern = keep[0, 0]
+    bias = lsh_attention_module._logit_bias(pattern.expand(2, 1, 4, 5), pattern, dtype, {})
+    assert bias.shape == (2, 1, 4, 5) and bias.untyped_storage().nbytes() == pattern.numel() * bias.element_size()
+    assert torch.equal(bias, torch.where(pattern, 0.0, float("-inf")).to(dtype).expand(2, 1, 4, 5))
 
 
 # ----------------------------------------------------------------------------------------------------------
