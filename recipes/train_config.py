@@ -25,6 +25,13 @@ class DataConfig:
         val: validation list file or folder tree.
         root: directory relative list paths are resolved against (default: the list's directory).
         classes: classes file (one name per line), needed when list labels are names.
+        format: the ``list`` files' format: ``list`` (``path label`` lines, whitespace or comma),
+            ``kinetics_csv`` (official Kinetics annotations, clips found under ``root``), ``ucf101``
+            (``trainlist0N.txt`` / ``testlist0N.txt`` with ``classInd.txt`` beside, or their folder),
+            ``hmdb51`` (the folder of ``<class>_test_split<N>.txt``), or ``auto`` (detected from the files).
+            A folder given as both train and val gives the split's train videos to train, its test videos
+            to val.
+        split: UCF101/HMDB51 split number 1-3 (default 1; a UCF101 split file names its own).
         data_root: where the motion data is generated (default ``~/.cache/chunkformer/motion-v1``).
         num_frames: T, frames per clip (paper: 24).
         frame_stride: distance between clip frames (Table 2's stride).
@@ -54,6 +61,8 @@ class DataConfig:
     val: str | None = None
     root: str | None = None
     classes: str | None = None
+    format: Literal["auto", "list", "kinetics_csv", "ucf101", "hmdb51"] = "auto"
+    split: int | None = None
     data_root: str | None = None
     num_frames: int = 24
     frame_stride: int = 1

@@ -43,6 +43,7 @@ from chunkformer.data import (
     multiview_scores,
     read_class_folders,
     read_video_list,
+    read_videos,
 )
 from chunkformer.models import create_model, read_checkpoint, save_checkpoint
 from train_checkpoint import capture_rng, list_checkpoints, load_training_state, restore_rng, save_training_checkpoint
@@ -187,7 +188,11 @@ def _video_lists(config: TrainConfig, ctx: Dist) -> tuple[VideoList, VideoList]:
         return train or val, val
     lists = []
     for path in (data.train or data.val, data.val):
-        videos = read_video_list(path, root=data.root, classes=data.classes, drop_invalid=data.drop_invalid)
+        videos = read_videos(
+            path, data.format, split=data.split, subset="test" if lists or not data.train else "train",
+            root=data.root, classes=data.classes, same_classes_as=lists[0] if lists else None,
+            drop_invalid=data.drop_invalid,
+        )
         for dropped in videos.dropped:
             log.warning(f"dropped {path} line {dropped.line}: {dropped.reason}: {dropped.text!r}")
         if videos.dropped:
@@ -493,14 +498,21 @@ def _train(config: TrainConfig, ctx: Dist, device: torch.device, started: float)
         log.info(f"resumed from {resume}: epoch {epoch}, step {step} ({step_in_epoch} into the epoch)")
     logs = _Logs(out_dir, ctx, step if resume is not None else None)
 
+    # What the epoch's log row sums over its steps, per rank: a run resumed mid-epoch continues the sums, so
+    # its epochs.csv row equals an uninterrupted run's (wall-clock columns aside).
+    progress = _EpochProgress()
+    if resume is not None and step_in_epoch > 0:
+        progress = _EpochProgress(**state.get("epoch_progress", [{}] * ctx.world)[ctx.rank])
+
     def checkpoint(is_best: bool) -> Path | None:
         rngs = _gather(capture_rng(), ctx)
+        partial = _gather(dataclasses.asdict(progress) if step_in_epoch > 0 else {}, ctx)
         if not ctx.main:
             return None
         state = {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "step": step, "epoch": epoch, "step_in_epoch": step_in_epoch,
-            "best": best, "rng": rngs, "config": _plain(dataclasses.asdict(config)),
+            "best": best, "rng": rngs, "epoch_progress": partial, "config": _plain(dataclasses.asdict(config)),
         }
         return save_training_checkpoint(state, out_dir, step, config.run.keep_last, is_best)
 
@@ -526,9 +538,9 @@ def _train(config: TrainConfig, ctx: Dist, device: torch.device, started: float)
         ddp.train()
         epoch_start = time.monotonic()
         wait = compute = 0.0
-        loss_sum = loss_count = clips = 0.0
-        tried = failed = 0
-        failures: list[tuple[str, str]] = []
+        clips = 0.0
+        if step_in_epoch == 0:
+            progress = _EpochProgress()
         bar = _progress(steps_per_epoch - step_in_epoch, f"epoch {epoch + 1}/{optim.epochs}", ctx)
         iterator = iter(loader)
         while step_in_epoch < steps_per_epoch:
@@ -540,9 +552,9 @@ def _train(config: TrainConfig, ctx: Dist, device: torch.device, started: float)
                 fetch = time.monotonic()
                 batch = next(iterator)
                 step_wait += time.monotonic() - fetch
-                failures += [(f.path, f.reason) for f in batch["failures"]]
-                tried += len(batch["label"]) + len(batch["failures"])
-                failed += len(batch["failures"])
+                progress.failures += [(f.path, f.reason) for f in batch["failures"]]
+                progress.tried += len(batch["label"]) + len(batch["failures"])
+                progress.failed += len(batch["failures"])
                 video = batch["video"].to(device, non_blocking=True)
                 label = batch["label"].to(device, non_blocking=True)
                 sync = micro == optim.accum_steps - 1 or ctx.world == 1
@@ -561,19 +573,19 @@ def _train(config: TrainConfig, ctx: Dist, device: torch.device, started: float)
             scheduler.step()
             step += 1
             step_in_epoch += 1
-            counts = _all_sum([step_loss, float(tried), float(failed)], ctx, device)
+            counts = _all_sum([step_loss, float(progress.tried), float(progress.failed)], ctx, device)
             global_loss = counts[0] / ctx.world
             step_losses.append(global_loss)
             elapsed = time.monotonic() - step_start
             wait += step_wait
             compute += elapsed
             clips += global_batch
-            loss_sum += global_loss
-            loss_count += 1
+            progress.loss_sum += global_loss
+            progress.loss_count += 1
             if not math.isfinite(global_loss):
                 raise FloatingPointError(f"loss is {global_loss} at step {step}")
             if counts[1] >= 32 and counts[2] > data.max_unreadable_fraction * counts[1]:
-                names = "; ".join(f"{p} ({r})" for p, r in failures[:10])
+                names = "; ".join(f"{p} ({r})" for p, r in progress.failures[:10])
                 raise RuntimeError(
                     f"{int(counts[2])} of {int(counts[1])} videos tried this epoch were unreadable (more than "
                     f"{data.max_unreadable_fraction:.0%}): the data is broken. First ones on rank {ctx.rank}: {names}"
@@ -605,7 +617,7 @@ def _train(config: TrainConfig, ctx: Dist, device: torch.device, started: float)
         # One entry per video: a video can fail more than once in an epoch (drawn again as a replacement),
         # with other reasons (e.g. the time limit, then "still stuck").
         all_failures: dict[str, list[str]] = {}
-        for path, reason in sorted({f for part in _gather(failures, ctx) for f in part}):
+        for path, reason in sorted({tuple(f) for part in _gather(progress.failures, ctx) for f in part}):
             all_failures.setdefault(path, []).append(reason)
         for path, reasons in all_failures.items():
             log.warning(f"train: unreadable video skipped: {path} ({'; '.join(reasons)})")
@@ -615,7 +627,7 @@ def _train(config: TrainConfig, ctx: Dist, device: torch.device, started: float)
         step_in_epoch = 0
         final = epoch == optim.epochs
         row = {
-            "epoch": epoch, "step": step, "train_loss": loss_sum / max(loss_count, 1),
+            "epoch": epoch, "step": step, "train_loss": progress.loss_sum / max(progress.loss_count, 1),
             "train_unreadable": len(all_failures), "data_wait_share": wait / max(compute, 1e-9),
             "clips_per_s": clips / max(compute, 1e-9), "seconds": time.monotonic() - epoch_start,
         }
@@ -647,6 +659,17 @@ def _train(config: TrainConfig, ctx: Dist, device: torch.device, started: float)
             log.info(f"weights (safetensors, for create_model(..., checkpoint_path=...)): {weights}")
         log.info(f"logs: {out_dir / 'train.log'}, {out_dir / 'steps.csv'}, {out_dir / 'epochs.csv'}, TensorBoard {out_dir / 'tb'}")
     return RunResult(metrics, out_dir, last_path, weights, step_losses, seconds)
+
+
+@dataclasses.dataclass
+class _EpochProgress:
+    """One rank's sums over the steps of the current epoch so far (kept in mid-epoch checkpoints)."""
+
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    tried: int = 0
+    failed: int = 0
+    failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
 class _nullcontext:

@@ -2,11 +2,15 @@
 validated when they are read.
 
 A list file has one video per line: a path (relative to ``root`` unless absolute) and a label, separated
-by whitespace or a comma (``.csv``). Paths may contain spaces: the label is the last field. The label is
-an integer class index, or a class name when a classes file (one name per line, line order = index) is
-given. Blank lines and lines starting with ``#`` are skipped. A missing file, an unknown label or a
-malformed line is an error naming the line; with ``drop_invalid=True`` such lines are dropped instead and
-listed in :attr:`VideoList.dropped`.
+by whitespace or by a comma, whatever the file's extension (PySlowFast's ``train.csv`` is separated by a
+space). Paths may contain spaces: the label is the last field. The label is an integer class index, or a
+class name when a classes file (one name per line, line order = index) is given. Blank lines and lines
+starting with ``#`` are skipped. A missing file, an unknown label or a malformed line is an error naming
+the line; with ``drop_invalid=True`` such lines are dropped instead and listed in :attr:`VideoList.dropped`.
+
+The published split files of Kinetics, UCF101 and HMDB51 have readers of their own
+(:mod:`chunkformer.data.kinetics_csv`, :mod:`chunkformer.data.ucf101`, :mod:`chunkformer.data.hmdb51`);
+:func:`chunkformer.data.list_formats.read_videos` picks one.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class DroppedLine:
     line: int
     text: str
     reason: str
+    file: str = ""
+    """The split file holding the line, when the source is a folder of them (HMDB51)."""
 
 
 @dataclass
@@ -57,12 +63,14 @@ class VideoList:
         classes: class names in index order (``str(i)`` names when the list used integers).
         dropped: lines left out with ``drop_invalid=True``.
         source: the list file or folder.
+        format: how it was read: ``list``, ``kinetics_csv``, ``ucf101``, ``hmdb51`` or ``folders``.
     """
 
     records: list[VideoRecord]
     classes: list[str]
     dropped: list[DroppedLine] = field(default_factory=list)
     source: str = ""
+    format: str = "list"
 
     @property
     def num_classes(self) -> int:
@@ -83,13 +91,68 @@ def read_classes(path: str | Path) -> list[str]:
     return names
 
 
-def _fail_or_drop(problems: list[DroppedLine], source: str | Path, drop_invalid: bool) -> None:
+def _class_names(classes: list[str] | str | Path | None) -> list[str] | None:
+    """Class names given as a list or as a classes file; None when not given."""
+    if isinstance(classes, (str, Path)):
+        return read_classes(classes)
+    return list(classes) if classes else None
+
+
+def _fail_or_drop(
+    problems: list[DroppedLine], source: str | Path, drop_invalid: bool, hint: str = ""
+) -> None:
+    """Raise naming up to 20 bad lines (and ``hint``), unless ``drop_invalid``."""
     if problems and not drop_invalid:
-        shown = "\n".join(f"  line {p.line}: {p.reason}: {p.text!r}" for p in problems[:20])
+        shown = "\n".join(
+            f"  {p.file + ' ' if p.file else ''}line {p.line}: {p.reason}: {p.text!r}" for p in problems[:20]
+        )
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise VideoListError(
-            f"{source}: {len(problems)} invalid line(s) (pass drop_invalid=True to drop them):\n{shown}{more}"
+            f"{source}: {len(problems)} invalid line(s) (pass drop_invalid=True to drop them):\n"
+            f"{shown}{more}{hint}"
         )
+
+
+def _root_hint(found: int, missing: int, root: str | Path) -> str:
+    """A hint for when not one listed video exists: a wrong ``root`` is the usual cause."""
+    if found or not missing:
+        return ""
+    return f"\nnot one listed video was found under {root}: pass root= (--data.root), the videos' folder"
+
+
+def _no_videos(source: str | Path, problems: list[DroppedLine], hint: str = "") -> VideoListError:
+    dropped = f" ({len(problems)} lines dropped)" if problems else ""
+    return VideoListError(f"{source}: no valid videos{dropped}{hint}")
+
+
+def _is_integer(text: str) -> bool:
+    return text.lstrip("-").isdigit()
+
+
+def _split_path_label(text: str, names: dict[str, int]) -> tuple[str, str] | None:
+    """``(path, label)`` of a list line, or None when it has one field.
+
+    The separator is decided per line: the last comma when what follows it is a label (an integer or a
+    known class name), else the last whitespace. So ``b c.mp4,0``, ``a.mp4 0`` and ``x,y/a.mp4 0`` all
+    split right, and a class name with spaces works after a comma.
+    """
+    candidates = []
+    if "," in text:
+        head, tail = (part.strip() for part in text.rsplit(",", 1))
+        if head and tail:
+            candidates.append((head, tail))
+    fields = text.rsplit(None, 1)
+    if len(fields) == 2:
+        candidates.append((fields[0].strip(), fields[1].strip()))
+    for head, tail in candidates:
+        if _is_integer(tail) or tail in names:
+            return head, tail
+    # No candidate holds a valid label: report the one whose label is a single token ("a.mp4,jump" says
+    # unknown class 'jump', not malformed).
+    for head, tail in candidates:
+        if not any(c.isspace() for c in tail):
+            return head, tail
+    return candidates[-1] if candidates else None
 
 
 def read_video_list(
@@ -103,7 +166,8 @@ def read_video_list(
     """Read and validate a ``path label`` list.
 
     Args:
-        path: the list file (``.csv`` splits on commas, anything else on whitespace).
+        path: the list file: ``path label`` lines separated by whitespace or a comma (decided per line,
+            whatever the extension).
         root: directory relative paths are resolved against (default: the list's directory).
         classes: class names, or a classes file; needed when labels are names.
         num_classes: upper bound for integer labels (default: ``len(classes)`` when given, else
@@ -118,22 +182,22 @@ def read_video_list(
     if not path.is_file():
         raise FileNotFoundError(f"video list not found: {path}")
     base = Path(root) if root is not None else path.parent
-    names = read_classes(classes) if isinstance(classes, (str, Path)) else (list(classes) if classes else None)
+    names = _class_names(classes)
     index_of = {name: i for i, name in enumerate(names)} if names else {}
     limit = num_classes if num_classes is not None else (len(names) if names else None)
-    separator = "," if path.suffix.lower() == ".csv" else None
     records: list[VideoRecord] = []
     problems: list[DroppedLine] = []
+    missing = 0
     for number, raw in enumerate(path.read_text().splitlines(), start=1):
         text = raw.strip()
         if not text or text.startswith("#"):
             continue
-        fields = text.rsplit(separator, 1)
-        if len(fields) != 2 or not fields[0].strip() or not fields[1].strip():
+        fields = _split_path_label(text, index_of)
+        if fields is None:
             problems.append(DroppedLine(number, text, "malformed line (expected 'path label')"))
             continue
-        video, label_text = fields[0].strip(), fields[1].strip()
-        if label_text.lstrip("-").isdigit():
+        video, label_text = fields
+        if _is_integer(label_text):
             label = int(label_text)
             if label < 0 or (limit is not None and label >= limit):
                 problems.append(DroppedLine(number, text, f"label {label} outside [0, {limit})"))
@@ -149,15 +213,17 @@ def read_video_list(
         full = video if os.path.isabs(video) else str(base / video)
         if check_files and not os.path.isfile(full):
             problems.append(DroppedLine(number, text, f"file not found: {full}"))
+            missing += 1
             continue
         records.append(VideoRecord(full, label, number))
-    _fail_or_drop(problems, path, drop_invalid)
+    hint = _root_hint(len(records), missing, base)
+    _fail_or_drop(problems, path, drop_invalid, hint)
     if not records:
-        raise VideoListError(f"{path}: no valid videos" + (f" ({len(problems)} lines dropped)" if problems else ""))
+        raise _no_videos(path, problems, hint)
     if names is None:
         count = limit if limit is not None else 1 + max(r.label for r in records)
         names = [str(i) for i in range(count)]
-    return VideoList(records, names, problems, str(path))
+    return VideoList(records, names, problems, str(path), "list")
 
 
 def read_class_folders(
@@ -187,4 +253,4 @@ def read_class_folders(
     ]
     if not records:
         raise VideoListError(f"{root}: no video files with extensions {extensions}")
-    return VideoList(records, names, [], str(root))
+    return VideoList(records, names, [], str(root), "folders")
