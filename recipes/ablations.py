@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from dependencies import require  # noqa: E402
 from sct_tiny import _sct_tiny, tiny_config  # noqa: E402
 from train_config import TrainConfig, preset  # noqa: E402
 from train_engine import train  # noqa: E402
@@ -358,6 +359,8 @@ def plot(summary: list[dict[str, Any]], path: Path, data: str = "basic") -> None
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    # The figure is drawn after every run has finished: a missing matplotlib must stop the study first.
+    require("av", "tyro", "tensorboard", "tqdm", "safetensors", "matplotlib", purpose="recipes/ablations.py")
     import tyro
 
     study = tyro.cli(AblationConfig, args=sys.argv[1:] if argv is None else argv)

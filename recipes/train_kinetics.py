@@ -22,8 +22,12 @@ from pathlib import Path
 # The engine's modules sit beside this script; make them importable however the script is started.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from dependencies import require  # noqa: E402
 from train_config import PRESETS, TrainConfig  # noqa: E402
 from train_engine import train  # noqa: E402
+
+# Decoding, the command line, logs, progress and the exported weights: checked before any work.
+RECIPE_MODULES = ("av", "tyro", "tensorboard", "tqdm", "safetensors")
 
 
 def parse(argv: list[str]) -> TrainConfig:
@@ -36,6 +40,7 @@ def parse(argv: list[str]) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
+    require(*RECIPE_MODULES, purpose="recipes/train_kinetics.py")
     config = parse(sys.argv[1:] if argv is None else argv)
     result = train(config)
     if config.run.eval_only or result.metrics is None:
