@@ -339,7 +339,7 @@ def evaluate(
     data = config.data
     dataset = MultiViewDataset(
         videos, _clip_sampler(config), EvalTransform(data.crop_size, data.spatial_crops), data.temporal_views,
-        data.decode_time_limit,
+        data.decode_time_limit, short_side=data.crop_size if data.decode_short_side else None,
     )
     # Each rank takes every world-th video, no padding: each video is scored exactly once.
     shard = Subset(dataset, list(range(ctx.rank, len(dataset), ctx.world)))
@@ -397,6 +397,9 @@ def _resume_path(config: TrainConfig, out_dir: Path) -> Path | None:
 def train(config: TrainConfig) -> RunResult:
     """Train (or, with ``run.eval_only``, evaluate) as configured. Works under torchrun."""
     started = time.monotonic()
+    short_side, crop = config.data.decode_short_side, config.data.crop_size
+    if short_side is not None and short_side < crop:
+        raise ValueError(f"data.decode_short_side must be at least data.crop_size ({crop}) or None, got {short_side}")
     device = _device(config)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -474,6 +477,7 @@ def _train(config: TrainConfig, ctx: Dist, device: torch.device, started: float)
     dataset = ClipDataset(
         train_videos, _clip_sampler(config), TrainTransform(data.crop_size, tuple(data.scale), hflip=data.hflip),
         seed=config.run.seed, flip_label_map=flip_map, decode_time_limit=data.decode_time_limit,
+        short_side=data.decode_short_side,
     )
 
     optimizer = _optimizer(config, model)

@@ -60,6 +60,10 @@ class ClipDataset(Dataset):
         decode_time_limit: seconds the probe and the decode of a video may each take before it counts as
             unreadable (a call hung inside FFmpeg is cut off too; see :mod:`chunkformer.data.video_io`).
         max_attempts: videos tried per sample before giving up.
+        short_side: shrink decoded frames in FFmpeg so their shorter side is this long before the transform
+            (e.g. 256 for a 224 crop: much less work than converting and cropping full-size frames); frames
+            already smaller are kept. None (default) decodes at the source size. See
+            :func:`~chunkformer.data.video_io.decode_frames`.
 
     Shape:
         - sample["video"]: (C, T, crop, crop) float32; sample["label"]: int
@@ -74,6 +78,7 @@ class ClipDataset(Dataset):
         flip_label_map: list[int] | None = None,
         decode_time_limit: float | None = 10.0,
         max_attempts: int = 10,
+        short_side: int | None = None,
     ) -> None:
         self.videos = videos
         self.sampler = sampler
@@ -84,6 +89,9 @@ class ClipDataset(Dataset):
         self.flip_label_map = flip_label_map
         self.decode_time_limit = decode_time_limit
         self.max_attempts = max_attempts
+        if short_side is not None and short_side < 1:
+            raise ValueError(f"ClipDataset: short_side must be a positive number of pixels or None, got {short_side}")
+        self.short_side = short_side
         self._info: dict[int, VideoInfo] = {}  # per worker: probing costs a file open
 
     def __len__(self) -> int:
@@ -98,7 +106,7 @@ class ClipDataset(Dataset):
             indices = self.sampler.train_indices(info.num_frames, generator, info.fps)
         except TooFewFramesError as error:
             raise VideoDecodeError(record.path, str(error)) from error
-        frames = decode_frames(record.path, indices, self.decode_time_limit)
+        frames = decode_frames(record.path, indices, self.decode_time_limit, short_side=self.short_side)
         clip, flipped = self.transform(frames, generator)
         label = record.label
         if flipped and self.flip_label_map is not None:

@@ -29,6 +29,9 @@ class MultiViewDataset(Dataset):
         temporal_views: clips per video (paper: 4).
         decode_time_limit: seconds the probe and the decode of a video (all its views) may each take before
             it counts as unreadable (a call hung inside FFmpeg is cut off too).
+        short_side: shrink decoded frames in FFmpeg so their shorter side is this long before the transform
+            (at least ``transform.crop_size``, which the transform then resizes to); frames already smaller
+            are kept. None (default) decodes at the source size.
 
     Shape:
         - sample["views"]: (temporal_views * num_crops, C, T, crop, crop), temporal-major
@@ -41,12 +44,19 @@ class MultiViewDataset(Dataset):
         transform: EvalTransform,
         temporal_views: int = 4,
         decode_time_limit: float | None = 10.0,
+        short_side: int | None = None,
     ) -> None:
         self.videos = videos
         self.sampler = sampler
         self.transform = transform
         self.temporal_views = temporal_views
         self.decode_time_limit = decode_time_limit
+        if short_side is not None and short_side < transform.crop_size:
+            # The transform resizes the short side to the crop: decoding smaller only loses detail.
+            raise ValueError(
+                f"MultiViewDataset: short_side must be at least the crop ({transform.crop_size}) or None, got {short_side}"
+            )
+        self.short_side = short_side
 
     @property
     def num_views(self) -> int:
@@ -66,7 +76,7 @@ class MultiViewDataset(Dataset):
                 raise VideoDecodeError(record.path, str(error)) from error
             # One decode covering all views: they overlap on short videos, and seeking per view costs more.
             needed = sorted({i for clip in clips for i in clip})
-            frames = decode_frames(record.path, needed, self.decode_time_limit)
+            frames = decode_frames(record.path, needed, self.decode_time_limit, short_side=self.short_side)
             position = {frame: row for row, frame in enumerate(needed)}
             views = [
                 crop

@@ -47,7 +47,8 @@ def resize(clip: torch.Tensor, height: int, width: int) -> torch.Tensor:
     if clip.shape[-2:] == (height, width):
         return clip
     # interpolate treats dim 0 as batch and dim 1 as channels: frames as the batch keeps them independent.
-    frames = clip.permute(1, 0, 2, 3)
+    # Contiguous, because the antialiased kernel is about 1.5x slower on a strided view (same values).
+    frames = clip.permute(1, 0, 2, 3).contiguous()
     out = F.interpolate(frames, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
     return out.permute(1, 0, 2, 3)
 
@@ -108,6 +109,13 @@ def random_resized_crop(
     Shape:
         - clip: (C, T, H, W) -> (C, T, size, size)
     """
+    return resize(_random_window(clip, generator, scale, ratio), size, size)
+
+
+def _random_window(
+    clip: torch.Tensor, generator: torch.Generator, scale: tuple[float, float], ratio: tuple[float, float]
+) -> torch.Tensor:
+    """The window of :func:`random_resized_crop`, before resizing (a view of ``clip``, any dtype)."""
     height, width = clip.shape[-2:]
     area = height * width
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -120,9 +128,8 @@ def random_resized_crop(
         if 0 < crop_w <= width and 0 < crop_h <= height:
             top = int(draws[2] * (height - crop_h + 1))
             left = int(draws[3] * (width - crop_w + 1))
-            return resize(clip[..., top : top + crop_h, left : left + crop_w], size, size)
-    side = min(height, width)
-    return resize(center_crop(clip, side), size, size)
+            return clip[..., top : top + crop_h, left : left + crop_w]
+    return center_crop(clip, min(height, width))
 
 
 def normalize(clip: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -166,7 +173,10 @@ class TrainTransform:
         Shape:
             - frames: (T, H, W, C) uint8 -> (C, T, crop_size, crop_size) float32
         """
-        clip = random_resized_crop(to_float_clip(frames), self.crop_size, generator, self.scale, self.ratio)
+        # random_resized_crop(to_float_clip(frames), ...), with the window cut from the uint8 frames first so
+        # that only the window is converted to float (the same values, less work).
+        window = _random_window(frames.permute(3, 0, 1, 2), generator, self.scale, self.ratio)
+        clip = resize(window.float().div_(255.0), self.crop_size, self.crop_size)
         # Always draw, so the generator's stream does not depend on the flag.
         flipped = bool(torch.rand((), generator=generator) < 0.5) and self.hflip
         if flipped:

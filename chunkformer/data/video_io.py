@@ -11,10 +11,28 @@ FFmpeg calls (open, read, seek, send/receive), so the caller gets control back a
 :class:`VideoDecodeError`. The stuck thread cannot be killed; it is abandoned (a daemon thread), and later
 calls on the same file fail at once while it is still stuck, so a file that hangs for good costs one thread
 per process. A decode that is slow but progressing also checks the limit after every frame and stops.
+
+Frame indices and the work done for a clip (:func:`decode_frames`):
+
+* Frame ``i`` is the ``i``-th frame a full decode from the start yields (presentation order).
+* The decoder starts at the keyframe at or before the clip's first frame and stops after its last. Which
+  decoded frame has which index comes from its timestamp: on the constant frame rate grid when the
+  container's index holds every frame at evenly spaced times (mp4, mov, avi from constant-rate encoders),
+  otherwise from the sorted timestamps of the packets, read by demuxing up to the clip's end (variable
+  frame rate; mkv and webm, whose index holds only some keyframes). Anything that does not fit (a frame
+  off the grid, a seek that lands after the first wanted frame, frames missing at the end, a decode error)
+  makes the call decode again from the start and count frames, which is the definition above; a healthy
+  file never takes that path.
+* Frames the clip does not use and no other frame references (most B-frames) are not decoded at all
+  (``skip_frame`` NONREF, set per packet), and only the wanted frames are converted to RGB.
+* RGB conversion and the optional shrinking (``short_side``) run in FFmpeg's swscale with one thread and
+  converters reused across frames: PyAV's ``frame.to_ndarray(format="rgb24")`` builds a new converter per
+  frame, with automatic threads, which costs more than the conversion itself on small frames.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import threading
@@ -116,8 +134,8 @@ def _open(path: str | Path):  # noqa: ANN202 - av container
         container.close()
         raise VideoDecodeError(path, "no video stream (audio only?)")
     stream = container.streams.video[0]
-    # One thread per decoder: the parallelism is across DataLoader workers, and tiny frames decode
-    # slower with FFmpeg's frame threads than without.
+    # One thread per decoder: the parallelism is across DataLoader workers. FFmpeg's frame and slice
+    # threads cost as much CPU time per clip or more (measured at 176x144 to 1280x720, H.264 and MPEG-4).
     stream.codec_context.thread_count = 1
     return container, stream
 
@@ -161,29 +179,270 @@ def _probe(path: str | Path) -> VideoInfo:
     return VideoInfo(num_frames=num_frames, fps=fps, height=height, width=width)
 
 
-# BT.601 limited range, FFmpeg's default for untagged YUV: what swscale would do, without its per-frame
-# set-up cost (which dominates for small frames).
-def _yuv420p_to_rgb(planes: np.ndarray, height: int, width: int) -> np.ndarray:
-    y = planes[:height].astype(np.float32)
-    chroma = planes[height:].reshape(2, height // 2, width // 2).astype(np.float32)
-    u = np.repeat(np.repeat(chroma[0], 2, axis=0), 2, axis=1) - 128.0
-    v = np.repeat(np.repeat(chroma[1], 2, axis=0), 2, axis=1) - 128.0
-    y = (y - 16.0) * 1.164
-    rgb = np.stack([y + 1.596 * v, y - 0.392 * u - 0.813 * v, y + 2.017 * u], axis=-1)
-    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+def _sws(reformatter, frame, **options):  # PyAV reformatter and frames: untyped
+    """``reformatter.reformat`` on one swscale thread. PyAV versions that take ``threads`` default to
+    automatic threads, whose start-up costs more than a whole small frame; older ones use one thread."""
+    global _SWS_THREADS
+    if _SWS_THREADS:
+        try:
+            return reformatter.reformat(frame, threads=1, **options)
+        except TypeError as error:
+            if "threads" not in str(error):
+                raise
+            _SWS_THREADS = False
+    return reformatter.reformat(frame, **options)
 
 
-def _to_rgb(frame) -> np.ndarray:  # noqa: ANN001 - av frame
-    if frame.format.name == "yuv420p" and frame.height % 2 == 0 and frame.width % 2 == 0:
-        return _yuv420p_to_rgb(frame.to_ndarray(), frame.height, frame.width)
-    return frame.to_ndarray(format="rgb24")
+_SWS_THREADS = True
+# Seeks per call before decoding from the start instead (each retry lands a keyframe earlier).
+_SEEK_TRIES = 3
+# Subsampled YUV is scaled to 4:4:4 at the output size, then converted: faster than scaling inside the RGB
+# conversion (0.77 vs 1.16 ms per 1280x720 frame to 455x256) and as sharp; a 4:2:0 intermediate would be
+# faster still but halves the chroma resolution of the small frame again.
+_FULL_CHROMA = {
+    "yuv420p": "yuv444p", "yuv422p": "yuv444p", "yuv411p": "yuv444p", "yuv410p": "yuv444p", "nv12": "yuv444p",
+    "yuvj420p": "yuvj444p", "yuvj422p": "yuvj444p", "yuvj411p": "yuvj444p",
+}
 
 
-def decode_frames(path: str | Path, indices: Sequence[int], time_limit: float | None = None) -> torch.Tensor:
+def _shrunk_size(height: int, width: int, short_side: int | None) -> tuple[int, int]:
+    """The frame size after shrinking the shorter side to ``short_side`` (rounded as
+    :func:`~chunkformer.data.transforms.resize_short_side` does); frames already at or below it are kept."""
+    if short_side is None or min(height, width) <= short_side:
+        return height, width
+    if height <= width:
+        return short_side, max(short_side, round(width * short_side / height))
+    return max(short_side, round(height * short_side / width)), short_side
+
+
+class _Grid:
+    """Indices from timestamps on a constant frame rate grid: frame ``i`` is at ``start + i / fps``."""
+
+    def __init__(self, start_pts: int, time_base: float, fps: float) -> None:
+        self.start_pts, self.time_base, self.fps = start_pts, time_base, fps
+
+    def index(self, pts: int) -> int | None:
+        """The index at ``pts``; None when ``pts`` is off the grid (more than a quarter frame away)."""
+        exact = (pts - self.start_pts) * self.time_base * self.fps
+        index = math.floor(exact + 0.5)
+        return index if index >= 0 and abs(exact - index) <= 0.25 else None
+
+    def pts(self, index: int) -> int:
+        return self.start_pts + int(index / self.fps / self.time_base)
+
+
+class _Table:
+    """Indices from the sorted presentation timestamps of the first frames (any frame rate)."""
+
+    def __init__(self, stamps: list[int]) -> None:
+        self.stamps = stamps
+
+    def index(self, pts: int) -> int | None:
+        """The index at ``pts``: ``len(stamps)`` past the table's end (a frame after every frame the clip
+        needs); None for a time that is no frame's."""
+        if pts > self.stamps[-1]:
+            return len(self.stamps)
+        index = bisect.bisect_left(self.stamps, pts)
+        return index if self.stamps[index] == pts else None
+
+    def pts(self, index: int) -> int:
+        return self.stamps[index]
+
+
+def _grid_timeline(stream, last: int) -> _Grid | None:
+    """The constant frame rate grid, when the container's index has an entry per frame and the entries up
+    to frame ``last`` (and a few after, for reordered frames) are evenly spaced at the stream's rate."""
+    fps = _fps(stream)
+    time_base = float(stream.time_base) if stream.time_base else 0.0
+    entries = getattr(stream, "index_entries", None)  # older PyAV has none: the timestamp table then
+    if fps <= 0 or time_base <= 0 or entries is None or not 0 < int(stream.frames or 0) <= len(entries):
+        return None
+    # Index timestamps are decode times; with a constant rate they are evenly spaced like presentation times.
+    stamps = [entry.timestamp for entry in entries[: last + 8] if not entry.is_discard]
+    if not stamps:
+        return None
+    for k, stamp in enumerate(stamps):
+        if abs((stamp - stamps[0]) * time_base * fps - k) > 0.25:
+            return None
+    return _Grid(stream.start_time or 0, time_base, fps)
+
+
+class _ClipDecoder:
+    """One :func:`decode_frames` call: the wanted frames, where they go, and the two ways to find them."""
+
+    def __init__(
+        self, path: str | Path, wanted: list[int], short_side: int | None, deadline: float | None,
+        time_limit: float | None,
+    ) -> None:
+        from av.video.reformatter import Interpolation, VideoReformatter
+
+        self.path, self.wanted, self.short_side = path, wanted, short_side
+        self.deadline, self.time_limit = deadline, time_limit
+        self.rows = {index: row for row, index in enumerate(wanted)}
+        self._scaler, self._converter = VideoReformatter(), VideoReformatter()
+        # Bilinear with swscale's widened filter when shrinking: antialiased like transforms.resize.
+        self._interpolation = Interpolation.BILINEAR
+        self.source_size: tuple[int, int] | None = None
+        self.frames: np.ndarray | None = None
+        self.found: set[int] = set()
+
+    def check_deadline(self) -> None:
+        # Stops a slow but progressing decode (in the abandoned thread, when the caller gave up).
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise VideoDecodeError(self.path, f"decode took longer than the {self.time_limit:g}s limit")
+
+    def keep(self, index: int, frame) -> None:
+        """Convert ``frame`` (frame ``index`` of the clip) to RGB at the output size, into its row."""
+        size = (frame.height, frame.width)
+        if self.source_size is None:
+            self.source_size = size
+            height, width = _shrunk_size(*size, self.short_side)
+            self.frames = np.empty((len(self.wanted), height, width, 3), dtype=np.uint8)
+        elif size != self.source_size:
+            raise VideoDecodeError(self.path, f"frame size changes mid-stream ({self.source_size} -> {size})")
+        assert self.frames is not None
+        height, width = self.frames.shape[1:3]
+        if (height, width) == size:
+            rgb = _sws(self._converter, frame, format="rgb24")
+        else:
+            middle = _FULL_CHROMA.get(frame.format.name)
+            if middle is not None:
+                frame = _sws(self._scaler, frame, width=width, height=height, format=middle,
+                             interpolation=self._interpolation)
+            rgb = _sws(self._converter, frame, width=width, height=height, format="rgb24",
+                       interpolation=self._interpolation)
+        self.frames[self.rows[index]] = rgb.to_ndarray()
+        self.found.add(index)
+
+    def by_timestamps(self) -> bool:
+        """Seek to the keyframe at or before the first wanted frame, index decoded frames by timestamp,
+        skip unwanted non-reference frames, stop after the last wanted one. False when anything does
+        not fit (see the module notes): the caller then decodes from the start, counting."""
+        first, last = self.wanted[0], self.wanted[-1]
+        container, stream = _open(self.path)
+        try:
+            timeline: _Grid | _Table | None = _grid_timeline(stream, last)
+            seek = first > 0
+            if timeline is None:
+                timeline = self._table(container, stream, last)
+                if timeline is None:
+                    return False
+                seek = True  # the table was read by demuxing: back to the start at least
+            target: int | None = timeline.pts(first) if seek else None
+            for _ in range(_SEEK_TRIES):
+                outcome = self._pass(container, stream, timeline, target)
+                if isinstance(outcome, bool):
+                    return outcome
+                target = outcome
+            return False
+        except VideoDecodeError:
+            raise
+        except Exception:  # noqa: BLE001 - a decode error or a refused seek: the counting pass reports it
+            return False
+        finally:
+            container.close()
+
+    def _pass(self, container, stream, timeline: _Grid | _Table, target: int | None) -> bool | int:
+        """One seek (to ``target``, None: stay at the start) and decode. Returns whether every wanted frame
+        was found, or a new, earlier target when the seek landed on a keyframe after the first wanted frame
+        (demuxers that seek by decode time can, with B-frames: the keyframe is decoded before the frames
+        shown just before it)."""
+        first, last = self.wanted[0], self.wanted[-1]
+        if target is not None:
+            # backward=True lands on the keyframe at or before the target.
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+        codec = stream.codec_context
+        codec.skip_frame = "DEFAULT"
+        skipping = False
+        previous: int | None = None
+        landed: int | None = None  # decode time of the keyframe the seek landed on
+        for packet in container.demux(stream):
+            if landed is None and packet.is_keyframe:
+                landed = packet.dts if packet.dts is not None else packet.pts
+            index = None if packet.pts is None else timeline.index(packet.pts)
+            skip = index is not None and index not in self.rows
+            if skip != skipping:
+                # Applies to this packet: its frame is skipped only if no other frame references it.
+                codec.skip_frame = "NONREF" if skip else "DEFAULT"
+                skipping = skip
+            for frame in codec.decode(packet):
+                if previous is None and not frame.key_frame:
+                    continue  # a leading frame before the seek's keyframe: may lack its references
+                index = None if frame.pts is None else timeline.index(frame.pts)
+                if index is None or (previous is not None and index <= previous):
+                    return False
+                if previous is None and index > first:
+                    # Strictly before that keyframe, whether the demuxer compares decode or presentation times.
+                    return landed - 1 if landed is not None and target != landed - 1 else False
+                previous = index
+                if index in self.rows:
+                    self.keep(index, frame)
+                self.check_deadline()
+                if index >= last:
+                    return len(self.found) == len(self.wanted)
+            self.check_deadline()
+        return False
+
+    def _table(self, container, stream, last: int) -> _Table | None:
+        """Presentation timestamps of frames ``0..last``, by demuxing from the start (no decoding); None
+        when a packet has no timestamp or the file ends (or breaks) before frame ``last``."""
+        stamps: list[int] = []
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0 or getattr(packet, "is_discard", False):
+                    continue  # the end-of-stream packet; frames cut by an edit list are never shown
+                if packet.pts is None:
+                    return None
+                bisect.insort(stamps, packet.pts)
+                # A later packet is shown no earlier than it is decoded: past this, the first frames are known.
+                if len(stamps) > last and packet.dts is not None and packet.dts > stamps[last]:
+                    break
+                self.check_deadline()
+        except VideoDecodeError:
+            raise
+        except Exception:  # noqa: BLE001 - a damaged tail ends the table like the end of the file
+            return _Table(stamps[: last + 1]) if len(stamps) > last else None
+        return _Table(stamps[: last + 1]) if len(stamps) > last else None
+
+    def by_counting(self) -> None:
+        """Decode from the start, frame ``i`` being the ``i``-th decoded frame: the definition, for files
+        whose timestamps do not fit (and to name exactly what a damaged file still holds)."""
+        self.found = set()
+        container, stream = _open(self.path)
+        position = -1
+        stopped: Exception | None = None
+        try:
+            for frame in container.decode(stream):
+                position += 1
+                if position in self.rows:
+                    self.keep(position, frame)
+                self.check_deadline()
+                if position >= self.wanted[-1]:
+                    break
+        except VideoDecodeError:
+            raise
+        except Exception as error:
+            if position < 0:
+                raise VideoDecodeError(self.path, f"decode failed: {type(error).__name__}: {error}") from error
+            stopped = error  # frames up to here decoded: a truncated or damaged tail
+        finally:
+            container.close()
+        missing = [i for i in self.wanted if i not in self.found]
+        if missing:
+            reason = f"only {position + 1} decodable frames; the clip needs frame {missing[0]} (and {len(missing)} in all)"
+            if stopped is not None:
+                reason += f"; decoding stopped at {type(stopped).__name__}: {stopped}"
+            raise VideoDecodeError(self.path, reason)
+
+
+def decode_frames(
+    path: str | Path, indices: Sequence[int], time_limit: float | None = None, short_side: int | None = None
+) -> torch.Tensor:
     """Decode the frames at ``indices`` (0-based, in presentation order; repeats allowed).
 
-    Seeks to the keyframe before the first index and decodes forward until the last, so a clip from the
-    middle of a long video does not decode the whole file.
+    Frame ``i`` is the ``i``-th frame of a full decode. Only the clip's part of the file is decoded: from the
+    keyframe at or before the first index to the last index, skipping the unused frames that nothing
+    references; only the wanted frames are converted (see the module notes).
 
     Args:
         path: the video file.
@@ -191,72 +450,44 @@ def decode_frames(path: str | Path, indices: Sequence[int], time_limit: float | 
         time_limit: seconds the caller waits for the whole call (open, seek, decode) before it raises
             :class:`VideoDecodeError`, also when FFmpeg itself hangs (see the module notes); None waits
             as long as it takes.
+        short_side: shrink the frames in FFmpeg so that their shorter side is this long (aspect kept,
+            bilinear, antialiased), e.g. 256 for a 224 training crop: cheaper than converting full-size
+            frames and resizing them in torch. Frames whose shorter side is already at most this long
+            are returned as they are (enlarging adds work and no detail: the transforms resize to the
+            crop anyway). None (default) keeps the source size.
 
     Returns:
-        uint8 frames in ``indices`` order.
+        uint8 RGB frames in ``indices`` order.
 
     Shape:
-        - return: (len(indices), H, W, 3)
+        - return: (len(indices), H, W, 3), H x W the source size or the shrunk size
 
     Raises:
         VideoDecodeError: unreadable file, time limit exceeded, or an index past the last decodable frame.
     """
     if len(indices) == 0:
         raise ValueError("decode_frames: indices is empty")
-    wanted = sorted(set(int(i) for i in indices))
+    wanted = sorted({int(i) for i in indices})
     if wanted[0] < 0:
         raise ValueError(f"decode_frames: negative frame index {wanted[0]}")
+    if short_side is not None and short_side < 1:
+        raise ValueError(f"decode_frames: short_side must be a positive number of pixels or None, got {short_side}")
     deadline = None if time_limit is None else time.monotonic() + time_limit
-    return _with_time_limit(path, time_limit, "decode", lambda: _decode(path, indices, wanted, deadline, time_limit))
+    return _with_time_limit(
+        path, time_limit, "decode", lambda: _decode(path, indices, wanted, short_side, deadline, time_limit)
+    )
 
 
 def _decode(
-    path: str | Path, indices: Sequence[int], wanted: list[int], deadline: float | None, time_limit: float | None
+    path: str | Path, indices: Sequence[int], wanted: list[int], short_side: int | None, deadline: float | None,
+    time_limit: float | None,
 ) -> torch.Tensor:
-    container, stream = _open(path)
-    fps = _fps(stream)
-    time_base = float(stream.time_base) if stream.time_base else 0.0
-    start_pts = stream.start_time or 0
-    found: dict[int, np.ndarray] = {}
-    try:
-        seek_index = wanted[0]
-        if seek_index > 0 and fps > 0 and time_base > 0:
-            # backward=True lands on the keyframe at or before the target; the pts below re-derive indices.
-            target = start_pts + int(seek_index / fps / time_base)
-            container.seek(target, stream=stream, backward=True, any_frame=False)
-        else:
-            seek_index = 0
-        position = -1
-        size: tuple[int, int] | None = None
-        for frame in container.decode(stream):
-            if frame.pts is not None and fps > 0 and time_base > 0 and seek_index > 0:
-                position = int(math.floor((frame.pts - start_pts) * time_base * fps + 0.5))
-            else:
-                # Decoding from the start: presentation order is decode output order.
-                position += 1
-            if position in found or position < wanted[0]:
-                pass
-            elif position in wanted:
-                rgb = _to_rgb(frame)
-                if size is None:
-                    size = rgb.shape[:2]
-                elif rgb.shape[:2] != size:
-                    raise VideoDecodeError(path, f"frame size changes mid-stream ({size} -> {rgb.shape[:2]})")
-                found[position] = rgb
-            # Stops a slow but progressing decode (in the abandoned thread, when the caller gave up).
-            if deadline is not None and time.monotonic() > deadline:
-                raise VideoDecodeError(path, f"decode took longer than the {time_limit:g}s limit")
-            if position >= wanted[-1]:
-                break
-    except VideoDecodeError:
-        raise
-    except Exception as error:
-        raise VideoDecodeError(path, f"decode failed: {type(error).__name__}: {error}") from error
-    finally:
-        container.close()
-    missing = [i for i in wanted if i not in found]
-    if missing:
-        raise VideoDecodeError(
-            path, f"only {position + 1} decodable frames; the clip needs frame {missing[0]} (and {len(missing)} in all)"
-        )
-    return torch.from_numpy(np.stack([found[int(i)] for i in indices]))
+    _import_av()
+    clip = _ClipDecoder(path, wanted, short_side, deadline, time_limit)
+    if not clip.by_timestamps():
+        clip.by_counting()
+    assert clip.frames is not None
+    frames = torch.from_numpy(clip.frames)
+    if len(indices) == len(wanted) and all(int(i) == w for i, w in zip(indices, wanted)):
+        return frames
+    return frames[[clip.rows[int(i)] for i in indices]]

@@ -170,3 +170,26 @@ def test_a_hung_training_video_is_skipped_and_logged(tmp_path: Path, hang_on: se
     log = (tmp_path / "run" / "train.log").read_text()
     assert f"train: unreadable video skipped: {hung} (probe took longer than the 0.5s limit" in log
     assert result.metrics is not None and result.metrics.num_videos == 8  # validation files do not hang
+
+
+def test_decode_short_side_reaches_both_datasets_and_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import train_engine
+
+    seen: dict[str, object] = {}
+    real_clip, real_views = train_engine.ClipDataset, train_engine.MultiViewDataset
+
+    def clip_dataset(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen["train"] = kwargs.get("short_side")
+        return real_clip(*args, **kwargs)
+
+    def views_dataset(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen["eval"] = kwargs.get("short_side")
+        return real_views(*args, **kwargs)
+
+    monkeypatch.setattr(train_engine, "ClipDataset", clip_dataset)
+    monkeypatch.setattr(train_engine, "MultiViewDataset", views_dataset)
+    config = tiny_config(tmp_path, "run", **{"data.decode_short_side": 24, "optim.epochs": 1})
+    train(config)
+    assert seen == {"train": 24, "eval": config.data.crop_size}
+    with pytest.raises(ValueError, match=r"decode_short_side must be at least data.crop_size \(16\) or None, got 8"):
+        train(tiny_config(tmp_path, "bad", **{"data.decode_short_side": 8}))
