@@ -223,7 +223,7 @@ def _motion() -> TrainConfig:
         ),
         model=ModelConfig(name="sct_tiny", import_module="sct_tiny"),
         optim=OptimConfig(
-            optimizer="adamw", lr=2e-3, warmup_epochs=1, epochs=60, batch_size=16, label_smoothing=0.0,
+            optimizer="adamw", lr=1e-3, warmup_epochs=1, epochs=60, batch_size=16, label_smoothing=0.0,
             weight_decay=0.05,
         ),
         run=RunConfig(out_dir="runs/motion", threads=1, amp="none", log_every=50, eval_every=5),

@@ -85,20 +85,29 @@ def test_cli_presets_and_overrides() -> None:
 
 
 
-def test_default_motion_run_learns_well_above_chance(tmp_path: Path) -> None:
-    # The default preset (data, model, optimiser, schedule, augmentation) stopped after 15 of its 60 epochs
-    # (480 steps), with 2 x 1 test views: about 45 s on 2 CPU cores. The full run (make train) was at 98 %
-    # top-1 after 15 epochs; a 12-epoch schedule of its own reached only 73 % (its learning rate decays too
-    # early). Chance is 1/8; sct_tiny with the model's timm 0.02 init stayed at exactly 12.5 % here.
+def default_run_top1(root: Path, seed: int, steps: int = 15 * 32) -> float:
+    """Multi-view top-1 (2 x 1 views) of the default preset (data, model, optimiser, schedule, augmentation)
+    at ``seed``, stopped after ``steps`` of its 1920 steps."""
     config = preset("motion")
-    config.data.data_root = str(tmp_path / "motion")
+    config.data.data_root = str(root / f"motion-{seed}")
     config.data.num_workers, config.data.temporal_views, config.data.spatial_crops = 0, 2, 1
-    config.run.max_steps = 15 * 32
-    config.run.eval_every = 15
-    config.run.out_dir = str(tmp_path / "run")
+    config.run.seed = seed
+    config.run.max_steps = steps
+    config.run.eval_every = steps // 32
+    config.run.out_dir = str(root / f"run-{seed}")
     result = train(config)
     assert result.metrics is not None and result.metrics.num_videos == 128
-    assert result.metrics.top1 >= 0.8, result.metrics.summary()
+    return result.metrics.top1
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_default_motion_run_learns_well_above_chance(tmp_path: Path, seed: int) -> None:
+    # Chance is 1/8. After 15 of the preset's 60 epochs (480 steps, about a minute on one core) the seeds
+    # measured in docs/recipes.md were all far above 60 %, while a model that does not learn, or sits at
+    # chance for a third of the run, stays below it. The margin covers trajectories that differ between
+    # machines: a seed already changes the data, the initialisation and the order of every step.
+    top1 = default_run_top1(tmp_path, seed)
+    assert top1 >= 0.6, f"seed {seed}: top-1 {top1:.1%} after 480 steps"
 
 
 def test_a_fresh_run_never_mixes_with_an_earlier_one(tmp_path: Path) -> None:
