@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 
-__all__ = ["MissingDependencyError", "OPTIONAL", "require"]
+__all__ = ["OPTIONAL", "MissingDependencyError", "require"]
 
 # import name -> (what it is for, the chunkformer extra that installs it)
 OPTIONAL: dict[str, tuple[str, str]] = {

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 
-import pytest
-
 import ablations
+import pytest
 import train_kinetics
 from dependencies import MissingDependencyError, require
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 import train_engine
-from tests.recipes.tiny_run import tiny_config
 from train_checkpoint import load_training_state
 from train_engine import train
+
+from tests.recipes.tiny_run import tiny_config
 
 # Columns that measure time, which no two runs share.
 WALL_CLOCK = {"data_wait_share", "clips_per_s", "seconds"}
@@ -31,7 +31,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def _final_state(out: Path) -> dict:
-    return load_training_state(sorted(out.glob("ckpt-*.pt"))[-1])
+    return load_training_state(max(out.glob("ckpt-*.pt")))
 
 
 def _assert_same_run(out: Path, reference: Path) -> None:
@@ -69,7 +69,7 @@ def test_killed_during_evaluation_resumes_to_the_same_run(
     real = train_engine.evaluate
     calls = [0]
 
-    def dies_in_the_second_evaluation(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def dies_in_the_second_evaluation(*args, **kwargs):
         calls[0] += 1
         if calls[0] == 2:
             raise KeyboardInterrupt("killed during evaluation")

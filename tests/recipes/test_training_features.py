@@ -178,11 +178,11 @@ def test_decode_short_side_reaches_both_datasets_and_is_checked(tmp_path: Path, 
     seen: dict[str, object] = {}
     real_clip, real_views = train_engine.ClipDataset, train_engine.MultiViewDataset
 
-    def clip_dataset(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def clip_dataset(*args, **kwargs):
         seen["train"] = kwargs.get("short_side")
         return real_clip(*args, **kwargs)
 
-    def views_dataset(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def views_dataset(*args, **kwargs):
         seen["eval"] = kwargs.get("short_side")
         return real_views(*args, **kwargs)
 
