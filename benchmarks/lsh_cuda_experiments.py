@@ -19,7 +19,6 @@ and whole-call times interleaved.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import statistics
 import sys
@@ -30,8 +29,8 @@ import torch  # noqa: E402
 from lsh_attention import _clustered_inputs  # noqa: E402
 
 from chunkformer.ops import lsh_attention  # noqa: E402
+from chunkformer.ops import lsh_kernel as _module  # noqa: E402
 
-_module = importlib.import_module("chunkformer.ops.lsh_attention")
 _original_select = _module._select_rows
 
 
@@ -160,7 +159,7 @@ def key_views() -> None:
 
 
 def _compare_variants(attribute: str, variants: dict, cases: list[tuple]) -> None:
-    """With ``attribute`` of chunkformer.ops.lsh_attention set to each variant in turn: whether the cases'
+    """With ``attribute`` of chunkformer.ops.lsh_kernel set to each variant in turn: whether the cases'
     outputs and gradients equal the first variant's bit for bit (in deterministic mode, the only one in which
     gradients repeat on CUDA), then whole 16K / 64K forward+backward times, the variants interleaved."""
     original = getattr(_module, attribute)

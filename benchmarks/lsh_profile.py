@@ -30,16 +30,16 @@ from lsh_attention import BUCKET, DTYPES, _clustered_inputs  # noqa: E402
 
 # (module, attribute, phase): the functions each phase runs in, wrapped in place by --phases.
 PHASES = (
-    ("chunkformer.ops.lsh_attention", "hash_buckets", "hashing (rotation matmul, argmax)"),
-    ("chunkformer.ops.lsh_attention", "sorted_layout", "layout (sort, block numbers)"),
-    ("chunkformer.ops.lsh_attention", "bucket_aligned_layout", "layout (sort, block numbers)"),
+    ("chunkformer.ops.lsh_kernel", "hash_buckets", "hashing (rotation matmul, argmax)"),
+    ("chunkformer.ops.lsh_kernel", "sorted_layout", "layout (sort, block numbers)"),
+    ("chunkformer.ops.lsh_kernel", "bucket_aligned_layout", "layout (sort, block numbers)"),
     ("chunkformer.ops.lsh", "LSHLayout.keep", "masks: pairs seen in earlier rounds"),
-    ("chunkformer.ops.lsh_attention", "_logit_bias", "masks: 0 / -inf bias"),
-    ("chunkformer.ops.lsh_attention", "block_forward", "block kernels (forward)"),
-    ("chunkformer.ops.lsh_attention", "block_backward", "block kernels (backward)"),
-    ("chunkformer.ops.lsh_attention", "_gather_rows", "gathers (rows)"),
-    ("chunkformer.ops.lsh_attention", "_gather_windows", "gathers (key windows)"),
-    ("chunkformer.ops.lsh_attention", "_add_rows", "gradient scatter (index_add_)"),
+    ("chunkformer.ops.lsh_kernel", "_logit_bias", "masks: 0 / -inf bias"),
+    ("chunkformer.ops.lsh_kernel", "block_forward", "block kernels (forward)"),
+    ("chunkformer.ops.lsh_kernel", "block_backward", "block kernels (backward)"),
+    ("chunkformer.ops.lsh_kernel", "_gather_rows", "gathers (rows)"),
+    ("chunkformer.ops.lsh_kernel", "_gather_windows", "gathers (key windows)"),
+    ("chunkformer.ops.lsh_kernel", "_add_rows", "gradient scatter (index_add_)"),
 )
 
 

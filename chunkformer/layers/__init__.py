@@ -4,7 +4,7 @@ from chunkformer.layers.attention import Attention
 from chunkformer.layers.block import PreNormBlock
 from chunkformer.layers.chunk_attention import ChunkAttention
 from chunkformer.layers.clip_encoder import ClipEncoder
-from chunkformer.layers.drop_path import DropPath, drop_path
+from chunkformer.layers.drop import DropPath, drop_path
 from chunkformer.layers.linear_pooling import LinearPooling
 from chunkformer.layers.lsh_attention import LSHAttention
 from chunkformer.layers.mlp import Mlp

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from chunkformer.layers._checks import check_positive_int, check_probability
-from chunkformer.layers.drop_path import DropPath
+from chunkformer.layers.drop import DropPath
 from chunkformer.layers.mlp import Mlp
 
 

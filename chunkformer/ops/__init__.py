@@ -1,6 +1,6 @@
 """Functional kernels without parameters: attention dispatch, LSH attention and window partitioning."""
 
-from chunkformer.ops.attention import (
+from chunkformer.ops.dispatch import (
     BACKENDS,
     ENV_VAR,
     AttentionBackendError,
@@ -11,7 +11,7 @@ from chunkformer.ops.attention import (
     use_backend,
 )
 from chunkformer.ops.lsh import default_n_buckets
-from chunkformer.ops.lsh_attention import lsh_attention
+from chunkformer.ops.lsh_kernel import lsh_attention
 from chunkformer.ops.window import (
     pad_to_multiple,
     to_pair,

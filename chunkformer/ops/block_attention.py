@@ -1,7 +1,7 @@
 """Attention of query blocks on key views, returning the log-sum-exp, and its backward from a given output
 and log-sum-exp, on each backend's kernel.
 
-LSH attention (:mod:`chunkformer.ops.lsh_attention`) needs two things no public attention API gives: the
+LSH attention (:mod:`chunkformer.ops.lsh_kernel`) needs two things no public attention API gives: the
 log-sum-exp of every query's logits (to merge hash rounds), and a backward pass that takes the MERGED output
 and log-sum-exp instead of the ones its own forward produced (each round's share of the exact gradient). The
 kernels behind PyTorch's SDPA and xformers have both, one layer below their public functions:

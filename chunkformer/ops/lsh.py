@@ -1,7 +1,7 @@
 """Angular locality-sensitive hashing and the bucket-sorted layouts LSH attention runs on.
 
 Everything here is integer bookkeeping without gradients: which token sits in which slot of which block,
-and which key block each query block looks at. :mod:`chunkformer.ops.lsh_attention` does the arithmetic.
+and which key block each query block looks at. :mod:`chunkformer.ops.lsh_kernel` does the arithmetic.
 
 Two layouts, both vectorised over batch x heads x hash rounds with static shapes (no data-dependent sizes, so
 they run on the meta device and under ``torch.compile``):

@@ -15,7 +15,6 @@ import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from types import ModuleType
 
 import pytest
 import torch
@@ -30,11 +29,9 @@ from chunkformer.ops import (
     attention,
     available_backends,
     current_backend,
+    dispatch,
     use_backend,
 )
-
-# `chunkformer.ops.attention` is shadowed by the re-exported function; the kernels live in the module.
-attn_mod: ModuleType = importlib.import_module("chunkformer.ops.attention")
 
 LOCAL_BACKENDS: list[str] = [name for name, status in available_backends().items() if status.available]
 FP32_TOL = {"atol": 1e-5, "rtol": 1e-5}
@@ -457,14 +454,14 @@ def install_spies(monkeypatch: pytest.MonkeyPatch, xformers_error: Exception | N
     kernel (or raises ``xformers_error``): testing the routing does not need real xformers."""
     spy = KernelSpy()
     real = {
-        "sdpa": attn_mod._sdpa_attention,
-        "math": attn_mod._math_attention,
-        "xformers": attn_mod._math_attention,
+        "sdpa": dispatch._sdpa_attention,
+        "math": dispatch._math_attention,
+        "xformers": dispatch._math_attention,
     }
     for name in BACKENDS:
         kernel = spy.wrap(name, real[name], xformers_error if name == "xformers" else None)
-        monkeypatch.setitem(attn_mod._KERNELS, name, kernel)
-        monkeypatch.setattr(attn_mod, f"_{name}_attention", kernel)
+        monkeypatch.setitem(dispatch._KERNELS, name, kernel)
+        monkeypatch.setattr(dispatch, f"_{name}_attention", kernel)
     return spy
 
 
@@ -616,7 +613,7 @@ def test_available_backends_structure() -> None:
         assert all(isinstance(reason, str) and reason for reason in status.reasons)
     assert statuses["math"] == BackendStatus("math", True, ())
     assert statuses["sdpa"] == BackendStatus("sdpa", True, ())
-    xformers_importable = attn_mod._xformers_import_error() is None
+    xformers_importable = dispatch._xformers_import_error() is None
     if not xformers_importable or not torch.cuda.is_available():
         assert not statuses["xformers"].available
         assert statuses["xformers"].reasons
@@ -641,12 +638,12 @@ def test_xformers_built_for_another_torch_is_reported_unavailable(
     modules = {"xformers.ops": fake_ops, "xformers._cpp_lib": fake_cpp_lib}
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: object() if name == "xformers" else None)
     monkeypatch.setattr(importlib, "import_module", lambda name, *args: modules[name])
-    attn_mod._xformers_import_error.cache_clear()
+    dispatch._xformers_import_error.cache_clear()
     try:
-        error = attn_mod._xformers_import_error()
+        error = dispatch._xformers_import_error()
     finally:
         monkeypatch.undo()
-        attn_mod._xformers_import_error.cache_clear()
+        dispatch._xformers_import_error.cache_clear()
     if built_with_cuda:
         assert error is None
     else:
@@ -692,14 +689,14 @@ def test_explicit_xformers_on_cpu_raises_with_every_reason(
 @pytest.fixture
 def xformers_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pretend this machine has xformers and CUDA; the per-input checks (device, dtype) stay real."""
-    real = attn_mod._machine_reasons
-    monkeypatch.setattr(attn_mod, "_machine_reasons", lambda name: [] if name == "xformers" else real(name))
+    real = dispatch._machine_reasons
+    monkeypatch.setattr(dispatch, "_machine_reasons", lambda name: [] if name == "xformers" else real(name))
 
 
 @pytest.fixture
 def xformers_everywhere(monkeypatch: pytest.MonkeyPatch, xformers_machine: None) -> None:
     """Pretend xformers can also run these CPU inputs, so the routing can be observed with spies."""
-    monkeypatch.setattr(attn_mod, "_input_reasons", lambda name, q, v: [])
+    monkeypatch.setattr(dispatch, "_input_reasons", lambda name, q, v: [])
 
 
 @pytest.mark.usefixtures("xformers_machine")
@@ -780,8 +777,8 @@ def test_explicit_choice_beats_available_xformers(monkeypatch: pytest.MonkeyPatc
 def xformers_cuda_skip_reason() -> str | None:
     if not torch.cuda.is_available():
         return "xformers kernels need CUDA; this machine has none"
-    if attn_mod._xformers_import_error() is not None:
-        return f"xformers cannot be used here: {attn_mod._xformers_import_error()}"
+    if dispatch._xformers_import_error() is not None:
+        return f"xformers cannot be used here: {dispatch._xformers_import_error()}"
     return None
 
 

@@ -3,7 +3,7 @@
 The package's vectorised kernel is compared against an independent, deliberately slow reference written here
 with plain Python loops over hash rounds, buckets and blocks: it decides which keys every query sees (the
 union over rounds), then runs dense float64 softmax attention restricted to that union. Nothing from
-``chunkformer.ops.lsh`` or ``chunkformer.ops.lsh_attention`` is imported by the reference; it redraws the
+``chunkformer.ops.lsh`` or ``chunkformer.ops.lsh_kernel`` is imported by the reference; it redraws the
 rotations from a generator built from the same seed.
 
 Random tensors come from drawn seeds through a private ``torch.Generator``; the global RNG is left alone
@@ -13,7 +13,6 @@ Random tensors come from drawn seeds through a private ``torch.Generator``; the 
 from __future__ import annotations
 
 import bisect
-import importlib
 import math
 import re
 from collections.abc import Iterator
@@ -28,10 +27,14 @@ from hypothesis import strategies as st
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from chunkformer.ops import attention, available_backends, default_n_buckets, lsh_attention, use_backend
-
-# The module, not the function of the same name that chunkformer.ops exports.
-lsh_attention_module = importlib.import_module("chunkformer.ops.lsh_attention")
+from chunkformer.ops import (
+    attention,
+    available_backends,
+    default_n_buckets,
+    lsh_attention,
+    lsh_kernel,
+    use_backend,
+)
 
 SEEDS = st.integers(0, 2**31 - 1)
 
@@ -686,7 +689,7 @@ def test_any_cut_into_pieces_gives_the_same_result(pieces: tuple[LSHCase, str, i
     case = replace(case, dropout_p=dropout_p)
     whole = run_with_gradients(case, blocks_per_piece=query_blocks(case))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(lsh_attention_module, "_PIECE_BYTES", 1)
+        patch.setattr(lsh_kernel, "_PIECE_BYTES", 1)
         cut = run_with_gradients(case, blocks_per_piece=blocks_per_piece)
     assert torch.equal(cut[0], whole[0]), f"the output differs between one piece and pieces of {blocks_per_piece}"
     for name, expected, got in zip(["grad q", "grad k", "grad v"], whole[1:], cut[1:]):
@@ -1039,12 +1042,12 @@ def test_logit_bias_is_zero_or_minus_inf(dtype: torch.dtype) -> None:
     """The additive mask is built from integer bit patterns: it must equal where(keep, 0, -inf) exactly."""
     keep = torch.rand(2, 3, 4, 5, generator=torch.Generator().manual_seed(0)) > 0.5
     piece = keep[:, 1:]  # a non-contiguous piece, as the kernels receive
-    bias = lsh_attention_module._logit_bias(piece, None, dtype, {})
+    bias = lsh_kernel._logit_bias(piece, None, dtype, {})
     assert bias.dtype == dtype
     assert torch.equal(bias, torch.where(piece, 0.0, float("-inf")).to(dtype))
     # A round whose mask is one pattern: its bias, broadcast over groups and blocks.
     pattern = keep[0, 0]
-    bias = lsh_attention_module._logit_bias(pattern.expand(2, 1, 4, 5), pattern, dtype, {})
+    bias = lsh_kernel._logit_bias(pattern.expand(2, 1, 4, 5), pattern, dtype, {})
     assert bias.shape == (2, 1, 4, 5) and bias.untyped_storage().nbytes() == pattern.numel() * bias.element_size()
     assert torch.equal(bias, torch.where(pattern, 0.0, float("-inf")).to(dtype).expand(2, 1, 4, 5))
 
@@ -1091,8 +1094,8 @@ def test_cuda_plumbing_choices_change_nothing_on_cpu(case: LSHCase) -> None:
     weights = torch.randn(case.v.shape, generator=torch.Generator().manual_seed(case.seed), dtype=case.v.dtype)
     default = run_with_backend(case, "sdpa", weights)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(lsh_attention_module, "takes_overlapping_keys", lambda kernel: False)
-        patch.setattr(lsh_attention_module, "zeroes_empty_rows", lambda kernel: False)
+        patch.setattr(lsh_kernel, "takes_overlapping_keys", lambda kernel: False)
+        patch.setattr(lsh_kernel, "zeroes_empty_rows", lambda kernel: False)
         cuda_like = run_with_backend(case, "sdpa", weights)
     for name, expected, got in zip(["output", "grad q", "grad k", "grad v"], default, cuda_like):
         assert torch.equal(got, expected), f"{name} differs"

@@ -24,7 +24,6 @@ from collections.abc import Iterator
 
 import torch
 
-from chunkformer.ops.attention import current_backend
 from chunkformer.ops.block_attention import (
     block_backward,
     block_forward,
@@ -33,6 +32,7 @@ from chunkformer.ops.block_attention import (
     takes_overlapping_keys,
     zeroes_empty_rows,
 )
+from chunkformer.ops.dispatch import current_backend
 from chunkformer.ops.lsh import (
     LSHLayout,
     bucket_aligned_layout,
