@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -13,19 +12,14 @@ from torch.utils.checkpoint import checkpoint
 from chunkformer.layers import LSHAttention
 
 
-def _snapshot(layers: Sequence[LSHAttention]) -> list[dict[str, Any]]:
-    """Each layer's seed and generator states, cloned so that later draws cannot alias the snapshot."""
-    snapshot = []
-    for layer in layers:
-        state = layer.get_extra_state()
-        generators = {key: value.clone() for key, value in state["generator_states"].items()}
-        snapshot.append({"seed": state["seed"], "generator_states": generators})
-    return snapshot
+def _snapshot(layers: Sequence[LSHAttention]) -> list[dict[str, torch.Tensor]]:
+    """Each layer's generator states (copies, so that later draws cannot alias the snapshot)."""
+    return [layer.generator_states() for layer in layers]
 
 
-def _restore(layers: Sequence[LSHAttention], snapshot: Sequence[dict[str, Any]]) -> None:
-    for layer, state in zip(layers, snapshot):
-        layer.set_extra_state(state)
+def _restore(layers: Sequence[LSHAttention], snapshot: Sequence[dict[str, torch.Tensor]]) -> None:
+    for layer, states in zip(layers, snapshot):
+        layer.set_generator_states(states)
 
 
 def lsh_state_contexts(
@@ -41,7 +35,7 @@ def lsh_state_contexts(
     had when it started (the post-forward ones), so training draws the same sequence of rotations as
     without checkpointing.
     """
-    before_forward: list[dict[str, Any]] = []
+    before_forward: list[dict[str, torch.Tensor]] = []
 
     @contextlib.contextmanager
     def forward_context() -> Iterator[None]:

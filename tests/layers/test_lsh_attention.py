@@ -3,18 +3,22 @@
 The kernel itself is tested against a slow reference in ``tests/ops/test_lsh_attention.py``; here the layer
 is compared with the kernel called by hand (project, split heads, attend, merge, project), and its own
 contracts are checked: one sequence per image, frames independent, padding, where its randomness comes
-from (never the global RNG), and that the generator state survives a state-dict round trip.
+from (never the global RNG), and that the seed and generator state survive a state-dict round trip through
+every usual file format, as tensors only, old-format state dicts included.
 """
 
 from __future__ import annotations
 
 import copy
+import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from chunkformer.layers import LSHAttention
 from chunkformer.ops import lsh_attention
@@ -298,6 +302,246 @@ def test_state_dict_round_trip_restores_the_generator(case: Case, warmup: int, a
         torch.testing.assert_close(fresh(x), expected, atol=0, rtol=0)
         # And evaluation, which depends on the seed only, agrees too.
         torch.testing.assert_close(fresh.eval()(x), module.eval()(x), atol=0, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# State dict: tensors only, through every usual file format
+# ----------------------------------------------------------------------------------------------------
+
+
+def small_lsh(seed: int, init: int = 0) -> LSHAttention:
+    """Dropout on, so that the generator also drives the attention-dropout masks."""
+    module = build(
+        lambda: LSHAttention(8, 2, bucket_size=4, n_hashes=2, qkv_bias=True, attn_drop=0.2, seed=seed), init
+    )
+    randomize_(list(module.parameters()), init + 1)
+    return module.train()
+
+
+def via_torch_file(source: LSHAttention, target: LSHAttention, tmp_path: Path) -> None:
+    torch.save(source.state_dict(), tmp_path / "state.pt")
+    target.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+
+
+def via_safetensors_state_dict(source: LSHAttention, target: LSHAttention, tmp_path: Path) -> None:
+    save_file(source.state_dict(), str(tmp_path / "state.safetensors"))
+    target.load_state_dict(load_file(str(tmp_path / "state.safetensors")))
+
+
+def via_safetensors_model(source: LSHAttention, target: LSHAttention, tmp_path: Path) -> None:
+    save_model(source, str(tmp_path / "model.safetensors"))
+    missing, unexpected = load_model(target, str(tmp_path / "model.safetensors"))
+    assert not missing and not unexpected
+
+
+ROUTES = {
+    "torch.save": via_torch_file,
+    "safetensors.save_file": via_safetensors_state_dict,
+    "safetensors.save_model": via_safetensors_model,
+}
+
+
+def test_state_dict_holds_tensors_only() -> None:
+    module = small_lsh(seed=2**63 - 1)
+    state = module.state_dict()
+    assert set(state) == {"seed", "qkv.weight", "qkv.bias", "proj.weight", "proj.bias"}  # no generator yet
+    assert state["seed"].dtype == torch.int64 and state["seed"].shape == ()
+    assert int(state["seed"]) == 2**63 - 1
+    with torch.no_grad():
+        module(randn((2, 30, 8), 0))
+    state = module.state_dict()
+    assert all(isinstance(value, torch.Tensor) for value in state.values())
+    generator_state = state["generator_state.cpu"]
+    assert generator_state.dtype == torch.uint8 and generator_state.dim() == 1
+    # A copy: drawing on does not change a state dict already taken.
+    with torch.no_grad():
+        module(randn((2, 30, 8), 0))
+    assert torch.equal(generator_state, state["generator_state.cpu"])
+    assert not torch.equal(generator_state, module.state_dict()["generator_state.cpu"])
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
+@pytest.mark.parametrize("warmup", [0, 2], ids=["fresh", "trained"])
+def test_every_file_format_restores_seed_and_generator(tmp_path: Path, route: str, warmup: int) -> None:
+    source, target = small_lsh(seed=11), small_lsh(seed=99, init=5)
+    x = randn((2, 30, 8), 3)
+    with torch.no_grad():
+        for _ in range(warmup):
+            source(x)
+        target(x)  # a target generator that has drawn already: loading must replace it
+    ROUTES[route](source, target, tmp_path)
+    assert target.seed == 11
+    loaded = target.state_dict()
+    assert loaded.keys() == source.state_dict().keys()
+    for key, value in source.state_dict().items():
+        assert loaded[key].dtype == value.dtype and torch.equal(loaded[key], value), key
+    with torch.no_grad():
+        # The next training calls, bit for bit, then evaluation.
+        for _ in range(2):
+            assert torch.equal(target(x), source(x))
+        assert torch.equal(target.eval()(x), source.eval()(x))
+
+
+def old_format_state(module: LSHAttention) -> dict[str, object]:
+    """A state dict as LSHAttention wrote it before state dicts held tensors only: the seed and the generator
+    states in one non-tensor ``_extra_state`` entry."""
+    state: dict[str, object] = {key: value for key, value in module.state_dict().items() if "." in key}
+    state = {key: value for key, value in state.items() if not key.startswith("generator_state.")}
+    state["_extra_state"] = {"seed": module.seed, "generator_states": module.generator_states()}
+    return state
+
+
+@pytest.mark.parametrize("warmup", [0, 2], ids=["fresh", "trained"])
+def test_old_format_state_dict_loads(warmup: int) -> None:
+    source, target = small_lsh(seed=21), small_lsh(seed=4, init=5)
+    x = randn((2, 30, 8), 3)
+    with torch.no_grad():
+        for _ in range(warmup):
+            source(x)
+        target(x)
+    buffer = io.BytesIO()
+    torch.save(old_format_state(source), buffer)
+    buffer.seek(0)
+    result = target.load_state_dict(torch.load(buffer, weights_only=True))
+    assert not result.missing_keys and not result.unexpected_keys
+    assert target.seed == 21
+    assert target.state_dict().keys() == source.state_dict().keys()
+    with torch.no_grad():
+        assert torch.equal(target(x), source(x))
+
+
+@pytest.mark.parametrize(
+    "extra_state, message",
+    [
+        ({"seed": 1.5}, r"_extra_state: expected an old-format LSHAttention extra state .*got dict"),
+        ({"seed": 3, "generator_states": [1]}, r"_extra_state: expected an old-format"),
+        ({"seed": 2**64}, r"_extra_state: expected an old-format"),
+        ("seed", r"_extra_state: expected an old-format LSHAttention extra state .*got str 'seed'"),
+        (
+            {"seed": 3, "generator_states": {"cpu": torch.zeros(3)}},
+            r"generator_state.cpu: expected a generator state as a uint8 1-D tensor, got a torch.float32 "
+            r"tensor of shape \(3,\)",
+        ),
+    ],
+)
+def test_malformed_old_format_state_dict_says_why(extra_state: object, message: str) -> None:
+    state = old_format_state(small_lsh(seed=1))
+    state["_extra_state"] = extra_state
+    with pytest.raises(RuntimeError, match=message):
+        small_lsh(seed=2).load_state_dict(state)
+
+
+def test_old_and_new_format_together_are_an_error() -> None:
+    source = small_lsh(seed=1)
+    state = {**source.state_dict(), "_extra_state": {"seed": 1}}
+    message = r"_extra_state: an old-format LSHAttention extra state next to the current entries \['seed'\]"
+    with pytest.raises(RuntimeError, match=message):
+        small_lsh(seed=2).load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("seed", torch.tensor(1.0), r"seed: expected the LSHAttention seed as an int 0-d tensor, got a "
+         r"torch.float32 tensor of shape \(\)"),
+        ("seed", torch.tensor([1]), r"seed: expected the LSHAttention seed as an int 0-d tensor"),
+        ("generator_state.cpu", torch.zeros(2, 3, dtype=torch.uint8), r"generator_state.cpu: expected a "
+         r"generator state as a uint8 1-D tensor, got a torch.uint8 tensor of shape \(2, 3\)"),
+    ],
+)
+def test_malformed_entries_say_why(key: str, value: torch.Tensor, message: str) -> None:
+    state = {**small_lsh(seed=1).state_dict(), key: value}
+    with pytest.raises(RuntimeError, match=message):
+        small_lsh(seed=2).load_state_dict(state)
+
+
+def test_a_generator_state_of_the_wrong_size_fails_on_first_use() -> None:
+    # Checked where it is used: a state for another device type cannot be checked on a machine without one.
+    target = small_lsh(seed=2)
+    state = {**small_lsh(seed=1).state_dict(), "generator_state.cpu": torch.zeros(16, dtype=torch.uint8)}
+    target.load_state_dict(state)
+    message = r"the loaded generator state for cpu \(16 bytes\) does not fit a cpu generator"
+    with pytest.raises(RuntimeError, match=message):
+        target(randn((2, 30, 8), 3))
+
+
+def test_loading_without_generator_states_restarts_at_the_seed() -> None:
+    x = randn((2, 30, 8), 3)
+    untrained = small_lsh(seed=7)
+    state = untrained.state_dict()
+    trained = small_lsh(seed=7)
+    with torch.no_grad():
+        trained(x)
+        trained.load_state_dict(state)
+        assert torch.equal(trained(x), untrained(x))
+
+
+def test_states_of_other_devices_are_kept_until_used_there() -> None:
+    # A checkpoint from a CUDA run loads anywhere; its CUDA state is restored on first use on CUDA, and is
+    # saved again meanwhile. (Any device string works here: the CPU run never looks at it.)
+    source = small_lsh(seed=3)
+    x = randn((2, 30, 8), 3)
+    with torch.no_grad():
+        source(x)
+    cuda_state = torch.arange(16, dtype=torch.uint8)
+    state = {**source.state_dict(), "generator_state.cuda:0": cuda_state}
+    target = small_lsh(seed=4, init=5)
+    target.load_state_dict(state)
+    assert torch.equal(target.state_dict()["generator_state.cuda:0"], cuda_state)
+    with torch.no_grad():
+        assert torch.equal(target(x), source(x))
+    assert torch.equal(target.state_dict()["generator_state.cuda:0"], cuda_state)
+
+
+def test_a_device_without_its_own_state_continues_from_one_of_its_type() -> None:
+    # A DDP rank on cuda:1 resuming rank 0's checkpoint (states for cuda:0 only) continues from cuda:0's
+    # state, as every rank's generator had drawn the same. Shown on the CPU with a state filed under "cpu:0":
+    # CPU tensors report the device "cpu", so the module looks for "cpu" first and falls back to "cpu:0".
+    source = small_lsh(seed=3)
+    x = randn((2, 30, 8), 3)
+    with torch.no_grad():
+        source(x)
+    state = source.state_dict()
+    state["generator_state.cpu:0"] = state.pop("generator_state.cpu")
+    target = small_lsh(seed=4, init=5)
+    target.load_state_dict(state)
+    with torch.no_grad():
+        assert torch.equal(target(x), source(x))
+    assert "generator_state.cpu:0" in target.state_dict()  # still that device's own, for when it runs there
+
+
+def test_a_state_dict_without_the_layer_randomness_keeps_it() -> None:
+    # Partial loads (strict=False) keep the seed and the generators; strict loads name the missing seed.
+    source, target, twin = small_lsh(seed=1), small_lsh(seed=2), small_lsh(seed=2)
+    x = randn((2, 30, 8), 3)
+    weights = {key: value for key, value in source.state_dict().items() if key != "seed"}
+    with torch.no_grad():
+        target(x)
+        result = target.load_state_dict(weights, strict=False)
+        assert result.missing_keys == ["seed"] and not result.unexpected_keys
+        assert target.seed == 2
+        # The same weights and seed, one call from the seed: how far target's generator had got.
+        twin.load_state_dict({**weights, "seed": torch.tensor(2)})
+        twin(x)
+        assert torch.equal(target(x), twin(x))
+    with pytest.raises(RuntimeError, match=r'Missing key\(s\) in state_dict: "seed"'):
+        target.load_state_dict(weights)
+
+
+def test_state_dict_of_a_module_built_on_meta() -> None:
+    # Deferred initialisation: build on meta, materialise with to_empty; the seed is not a tensor that
+    # to_empty would leave uninitialised.
+    with torch.device("meta"):
+        module = LSHAttention(8, 2, bucket_size=4, seed=123)
+        state = module.state_dict()
+    assert state["seed"].device.type == "cpu" and int(state["seed"]) == 123
+    module.to_empty(device="cpu")
+    assert module.seed == 123 and int(module.state_dict()["seed"]) == 123
+
+
+def test_seed_outside_int64_raises() -> None:
+    with pytest.raises(ValueError, match=r"LSHAttention: seed must fit in int64 .*got 18446744073709551615"):
+        LSHAttention(8, 2, seed=2**64 - 1)
 
 
 def test_seed_none_draws_from_the_global_rng_at_construction() -> None:
