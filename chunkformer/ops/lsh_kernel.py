@@ -677,7 +677,8 @@ def lsh_attention(
         dropout_p: dropout on the attention weights (pass 0 in evaluation).
         blocks_per_piece: query blocks per kernel call, which bounds the memory of each call; None sizes
             pieces to about 2 MB of keys on CPU (their buffers stay in cache and are reused) and 64 MB on
-            CUDA. Every value gives the same result, bit for bit.
+            CUDA. Every value gives the same output (bit for bit with the fused kernels; with dropout's math
+            kernel up to rounding) and gradients equal up to the order of additions.
 
     Returns:
         The attention output.

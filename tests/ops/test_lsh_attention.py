@@ -691,7 +691,12 @@ def test_any_cut_into_pieces_gives_the_same_result(pieces: tuple[LSHCase, str, i
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(lsh_kernel, "_PIECE_BYTES", 1)
         cut = run_with_gradients(case, blocks_per_piece=blocks_per_piece)
-    assert torch.equal(cut[0], whole[0]), f"the output differs between one piece and pieces of {blocks_per_piece}"
+    if dropout_p == 0.0:
+        # The fused kernels compute each query block on its own: the cut cannot change an output bit.
+        assert torch.equal(cut[0], whole[0]), f"the output differs between one piece and pieces of {blocks_per_piece}"
+    else:
+        # Dropout runs the math kernel's batched matmuls, whose blocking a BLAS may choose by batch size.
+        torch.testing.assert_close(cut[0], whole[0], rtol=1e-12, atol=1e-12)
     for name, expected, got in zip(["grad q", "grad k", "grad v"], whole[1:], cut[1:]):
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12, msg=f"{name} differs")
     if dropout_p == 0.0:
