@@ -234,30 +234,18 @@ def main(argv: list[str] | None = None) -> str:
         f"video; clips of {args.frames} frames, stride {args.stride}; short side {args.short_side}, crop {args.crop}; "
         f"median of {args.repeats} interleaved rounds after {args.warmup} warm-up rounds"
     )
-    lines = [
-        machine,
-        f"Command: `{command.strip()}`",
-        "",
-        "Clips/s (wall clock), and in parentheses the speed-up over (d) plain PyAV on the same clips:",
-        "",
-        "| codec | size | gop | " + " | ".join(variants) + " |",
-        "|---|---|---|" + "---|" * len(variants),
-    ]
-    for row in rows:
-        base = row[plain]["wall_s"]
-        cells = [f"{1 / row[v]['wall_s']:.1f} ({base / row[v]['wall_s']:.2f}x)" for v in variants]
-        lines.append(f"| {row['codec']} | {row['size']} | {row['gop']} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Clips per CPU-second (the process's CPU time, all threads), and the speed-up over (d):",
-        "",
-        "| codec | size | gop | " + " | ".join(variants) + " |",
-        "|---|---|---|" + "---|" * len(variants),
-    ]
-    for row in rows:
-        base = row[plain]["cpu_s"]
-        cells = [f"{1 / row[v]['cpu_s']:.1f} ({base / row[v]['cpu_s']:.2f}x)" for v in variants]
-        lines.append(f"| {row['codec']} | {row['size']} | {row['gop']} | " + " | ".join(cells) + " |")
+    def ratio_table(title: str, key: str) -> list[str]:
+        """Clips per second of ``key`` (wall_s or cpu_s) per variant, with the speed-up over (d)."""
+        table = [title, "", "| codec | size | gop | " + " | ".join(variants) + " |", "|---|---|---|" + "---|" * len(variants)]
+        for row in rows:
+            base = row[plain][key]
+            cells = [f"{1 / row[v][key]:.1f} ({base / row[v][key]:.2f}x)" for v in variants]
+            table.append(f"| {row['codec']} | {row['size']} | {row['gop']} | " + " | ".join(cells) + " |")
+        return table
+
+    lines = [machine, f"Command: `{command.strip()}`", ""]
+    lines += ratio_table("Clips/s (wall clock), and in parentheses the speed-up over (d) plain PyAV on the same clips:", "wall_s")
+    lines += ["", *ratio_table("Clips per CPU-second (the process's CPU time, all threads), and the speed-up over (d):", "cpu_s")]
     table = "\n".join(lines)
     write_outputs(table, args.markdown_out, args.json_out, rows)
     return table
