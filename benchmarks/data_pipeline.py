@@ -93,7 +93,11 @@ def write_video(path: str, codec: str, width: int, height: int, count: int, gop:
         stream.codec_context.thread_count = 1
         if codec == "h264":
             stream.options = {
-                "crf": "23", "preset": "veryfast", "bframes": "3", "keyint": str(gop), "min-keyint": str(gop),
+                "crf": "23",
+                "preset": "veryfast",
+                "bframes": "3",
+                "keyint": str(gop),
+                "min-keyint": str(gop),
                 "scenecut": "0",
             }
         else:
@@ -118,7 +122,9 @@ def plain_pyav(path: str, indices: list[int], frame_threads: bool = False) -> np
             stream.codec_context.thread_count = 1
         fps, time_base, start = float(stream.average_rate), float(stream.time_base), stream.start_time or 0
         if first > 0:
-            container.seek(start + int(first / fps / time_base), stream=stream, backward=True, any_frame=False)
+            container.seek(
+                start + int(first / fps / time_base), stream=stream, backward=True, any_frame=False
+            )
         span: dict[int, np.ndarray] = {}
         for frame in container.decode(video=0):
             index = round((frame.pts - start) * time_base * fps)
@@ -170,14 +176,19 @@ def _bench_video(path: str, variants: list[str], args: argparse.Namespace) -> di
             if round_index >= args.warmup:
                 times[name].append(measured)
     return {
-        name: {"wall_s": statistics.median(w for w, _ in samples), "cpu_s": statistics.median(c for _, c in samples)}
+        name: {
+            "wall_s": statistics.median(w for w, _ in samples),
+            "cpu_s": statistics.median(c for _, c in samples),
+        }
         for name, samples in times.items()
     }
 
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=["176x144", "340x256", "1280x720"], help="WxH of the videos")
+    parser.add_argument(
+        "--sizes", nargs="+", default=["176x144", "340x256", "1280x720"], help="WxH of the videos"
+    )
     parser.add_argument("--codecs", nargs="+", default=list(CODECS), choices=list(CODECS))
     parser.add_argument("--gops", nargs="+", type=int, default=[12, 250], help="keyframe intervals")
     parser.add_argument("--seconds", type=float, default=5.0, help="video length at 30 fps")
@@ -187,10 +198,18 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--crop", type=int, default=224, help="TrainTransform crop of (c)")
     parser.add_argument("--repeats", type=int, default=15, help="timed rounds per video")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--frame-threads", action="store_true", help="add (e): (d) with FFmpeg's frame threads")
-    parser.add_argument("--video-dir", default=None, help="write (and reuse) the test videos here, not in a temp dir")
-    parser.add_argument("--note", default="", help="appended to the machine line (e.g. 'shared with another job')")
-    parser.add_argument("--smoke", action="store_true", help="tiny videos and few rounds: checks the script runs")
+    parser.add_argument(
+        "--frame-threads", action="store_true", help="add (e): (d) with FFmpeg's frame threads"
+    )
+    parser.add_argument(
+        "--video-dir", default=None, help="write (and reuse) the test videos here, not in a temp dir"
+    )
+    parser.add_argument(
+        "--note", default="", help="appended to the machine line (e.g. 'shared with another job')"
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny videos and few rounds: checks the script runs"
+    )
     parser.add_argument("--markdown-out", default=None)
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args(argv)
@@ -204,8 +223,13 @@ def main(argv: list[str] | None = None) -> str:
     video_dir = args.video_dir or temporary.name  # type: ignore[union-attr]
     os.makedirs(video_dir, exist_ok=True)
     count = round(args.seconds * 30)
-    variants = ["(a) decode_frames", "(b) decode_frames, short side", "(c) training sample, short side",
-                "(c0) training sample, full size", "(d) plain PyAV"]
+    variants = [
+        "(a) decode_frames",
+        "(b) decode_frames, short side",
+        "(c) training sample, short side",
+        "(c0) training sample, full size",
+        "(d) plain PyAV",
+    ]
     if args.frame_threads:
         variants.append("(e) plain PyAV, frame threads")
 
@@ -217,16 +241,25 @@ def main(argv: list[str] | None = None) -> str:
                 path = os.path.join(video_dir, f"{codec}_{width}x{height}_gop{gop}_{count}.mp4")
                 if not os.path.exists(path):
                     write_video(path, codec, width, height, count, gop)
-                row = {"codec": codec, "size": f"{width}x{height}", "gop": gop, **_bench_video(path, variants, args)}
+                row = {
+                    "codec": codec,
+                    "size": f"{width}x{height}",
+                    "gop": gop,
+                    **_bench_video(path, variants, args),
+                }
                 rows.append(row)
-                print(f"{codec} {width}x{height} gop {gop}: " + ", ".join(
-                    f"{name.split()[0]} {row[name]['wall_s'] * 1e3:.1f} ms" for name in variants
-                ), flush=True)
+                print(
+                    f"{codec} {width}x{height} gop {gop}: "
+                    + ", ".join(f"{name.split()[0]} {row[name]['wall_s'] * 1e3:.1f} ms" for name in variants),
+                    flush=True,
+                )
     if temporary is not None:
         temporary.cleanup()
 
     plain = variants[4]
-    command = shlex.join(["python", "benchmarks/data_pipeline.py", *(argv if argv is not None else sys.argv[1:])])
+    command = shlex.join(
+        ["python", "benchmarks/data_pipeline.py", *(argv if argv is not None else sys.argv[1:])]
+    )
     note = f"; {args.note}" if args.note else ""
     machine = (
         f"Machine: {cpu_name()}, 1 thread (torch.set_num_threads(1), one process){note}; torch {torch.__version__}, "
@@ -234,9 +267,15 @@ def main(argv: list[str] | None = None) -> str:
         f"video; clips of {args.frames} frames, stride {args.stride}; short side {args.short_side}, crop {args.crop}; "
         f"median of {args.repeats} interleaved rounds after {args.warmup} warm-up rounds"
     )
+
     def ratio_table(title: str, key: str) -> list[str]:
         """Clips per second of ``key`` (wall_s or cpu_s) per variant, with the speed-up over (d)."""
-        table = [title, "", "| codec | size | gop | " + " | ".join(variants) + " |", "|---|---|---|" + "---|" * len(variants)]
+        table = [
+            title,
+            "",
+            "| codec | size | gop | " + " | ".join(variants) + " |",
+            "|---|---|---|" + "---|" * len(variants),
+        ]
         for row in rows:
             base = row[plain][key]
             cells = [f"{1 / row[v][key]:.1f} ({base / row[v][key]:.2f}x)" for v in variants]
@@ -244,8 +283,16 @@ def main(argv: list[str] | None = None) -> str:
         return table
 
     lines = [machine, f"Command: `{command.strip()}`", ""]
-    lines += ratio_table("Clips/s (wall clock), and in parentheses the speed-up over (d) plain PyAV on the same clips:", "wall_s")
-    lines += ["", *ratio_table("Clips per CPU-second (the process's CPU time, all threads), and the speed-up over (d):", "cpu_s")]
+    lines += ratio_table(
+        "Clips/s (wall clock), and in parentheses the speed-up over (d) plain PyAV on the same clips:",
+        "wall_s",
+    )
+    lines += [
+        "",
+        *ratio_table(
+            "Clips per CPU-second (the process's CPU time, all threads), and the speed-up over (d):", "cpu_s"
+        ),
+    ]
     table = "\n".join(lines)
     write_outputs(table, args.markdown_out, args.json_out, rows)
     return table

@@ -57,19 +57,28 @@ def detect_list_format(path: str | Path) -> str:
         ucf = find_ucf101_class_index(path) is not None and any(UCF101_SPLIT_FILE.match(n) for n in names)
         hmdb = any(HMDB51_SPLIT_FILE.match(n) for n in names)
         if ucf and hmdb:
-            raise _ambiguous(path, "the folder holds both UCF101 (classInd.txt, trainlist0N.txt) and HMDB51 "
-                                   "(<class>_test_split<N>.txt) split files")
+            raise _ambiguous(
+                path,
+                "the folder holds both UCF101 (classInd.txt, trainlist0N.txt) and HMDB51 "
+                "(<class>_test_split<N>.txt) split files",
+            )
         if ucf or hmdb:
             return "ucf101" if ucf else "hmdb51"
-        raise _ambiguous(path, "the folder holds neither UCF101 nor HMDB51 split files (for "
-                               "<root>/<class>/<video> trees without lists, use --data.kind folders)")
+        raise _ambiguous(
+            path,
+            "the folder holds neither UCF101 nor HMDB51 split files (for "
+            "<root>/<class>/<video> trees without lists, use --data.kind folders)",
+        )
     if not path.is_file():
         raise FileNotFoundError(f"video list not found: {path}")
     if UCF101_SPLIT_FILE.match(path.name):
         if find_ucf101_class_index(path.parent) is not None:
             return "ucf101"
-        raise _ambiguous(path, "it is named like a UCF101 split file but there is no classInd.txt beside it "
-                               "(read as a plain list, its 1-based labels would be off by one)")
+        raise _ambiguous(
+            path,
+            "it is named like a UCF101 split file but there is no classInd.txt beside it "
+            "(read as a plain list, its 1-based labels would be off by one)",
+        )
     if HMDB51_SPLIT_FILE.match(path.name):
         raise _ambiguous(
             path, f"it is named like an HMDB51 split file: pass the folder holding it, {path.parent}"

@@ -74,9 +74,7 @@ def read_ucf101_class_index(path: str | Path) -> list[str]:
     return [by_index[i] for i in range(1, len(by_index) + 1)]
 
 
-def _split_file(
-    path: Path, split: int | None, subset: Literal["train", "test"] | None
-) -> tuple[Path, Path]:
+def _split_file(path: Path, split: int | None, subset: Literal["train", "test"] | None) -> tuple[Path, Path]:
     """The split file to read and the classInd.txt beside it."""
     if path.is_dir():
         if subset not in ("train", "test"):

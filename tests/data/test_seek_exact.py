@@ -48,19 +48,29 @@ VIDEOS = {
 
 def _image(index: int) -> np.ndarray:
     """A frame unlike its neighbours: random 8x8 blocks and a moving gradient."""
-    blocks = np.random.default_rng(index).integers(0, 128, (HEIGHT // 8, WIDTH // 8, 3)).repeat(8, 0).repeat(8, 1)
+    blocks = (
+        np.random.default_rng(index).integers(0, 128, (HEIGHT // 8, WIDTH // 8, 3)).repeat(8, 0).repeat(8, 1)
+    )
     gradient = (np.arange(WIDTH)[None, :, None] + 3 * index) % 64 * 2
     return (blocks + gradient).astype(np.uint8)
 
 
-def _write(path: Path, encoder: str, gop: int, bframes: int, vfr: bool, container_options: dict | None = None) -> None:
+def _write(
+    path: Path, encoder: str, gop: int, bframes: int, vfr: bool, container_options: dict | None = None
+) -> None:
     with av.open(str(path), "w", options=container_options or {}) as container:
         stream = container.add_stream(encoder, rate=25)
         stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
         stream.codec_context.gop_size = gop
         stream.codec_context.thread_count = 1  # libx264's output differs with its thread count
         if encoder == "libx264":
-            stream.options = {"crf": "18", "preset": "veryfast", "bframes": str(bframes), "keyint": str(gop), "scenecut": "0"}
+            stream.options = {
+                "crf": "18",
+                "preset": "veryfast",
+                "bframes": str(bframes),
+                "keyint": str(gop),
+                "scenecut": "0",
+            }
         else:
             stream.codec_context.max_b_frames = bframes
             stream.options = {"qscale": "3"}
@@ -103,8 +113,11 @@ def path_taken(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     (timestamps from the demuxed packets, as for mkv or variable frame rates), no fallback either;
     ``count``: only the fallback (decode from the start, counting frames)."""
     if request.param in ("seek", "table"):
+
         def no_fallback(self: video_io._ClipDecoder) -> None:
-            raise AssertionError(f"{self.path}: frames {self.wanted} needed the decode-from-the-start fallback")
+            raise AssertionError(
+                f"{self.path}: frames {self.wanted} needed the decode-from-the-start fallback"
+            )
 
         monkeypatch.setattr(video_io._ClipDecoder, "by_counting", no_fallback)
     if request.param in ("table", "count"):
@@ -186,7 +199,10 @@ def test_a_truncated_file_names_how_many_frames_it_still_has(tmp_path: Path, nam
     assert np.array_equal(decode_frames(path, kept).numpy(), full[kept])  # what is left reads normally
     for wanted in ([decodable], [decodable - 2, decodable + 3], [FRAMES - 1]):
         first_missing = min(i for i in wanted if i >= decodable)
-        with pytest.raises(VideoDecodeError, match=rf"only {decodable} decodable frames; the clip needs frame {first_missing} "):
+        with pytest.raises(
+            VideoDecodeError,
+            match=rf"only {decodable} decodable frames; the clip needs frame {first_missing} ",
+        ):
             decode_frames(path, wanted)
     num_frames = probe_video(path).num_frames
     if name.endswith(".mkv"):
@@ -198,7 +214,9 @@ def test_a_truncated_file_names_how_many_frames_it_still_has(tmp_path: Path, nam
     _write(good, "mpeg4", 12, 0, False)
     dataset = ClipDataset(
         VideoList([VideoRecord(str(path), 0), VideoRecord(str(good), 0)], ["a"]),
-        ClipSampler(FRAMES, 1), TrainTransform(16), max_attempts=20,
+        ClipSampler(FRAMES, 1),
+        TrainTransform(16),
+        max_attempts=20,
     )
     sample = dataset[(0, 0)]
     assert sample["index"] == 1 and sample["failures"][0].index == 0

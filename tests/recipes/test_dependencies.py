@@ -12,13 +12,17 @@ from dependencies import MissingDependencyError, require
 
 def _hide(monkeypatch: pytest.MonkeyPatch, *hidden: str) -> None:
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in hidden else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in hidden else real(name, *a)
+    )
 
 
 def test_require_names_every_missing_module_and_the_extras(monkeypatch: pytest.MonkeyPatch) -> None:
     require("av", "matplotlib", purpose="x")  # installed with the test extra
     _hide(monkeypatch, "av", "matplotlib")
-    with pytest.raises(MissingDependencyError, match=r"x needs av, matplotlib .*pip install 'chunkformer\[video,viz\]'"):
+    with pytest.raises(
+        MissingDependencyError, match=r"x needs av, matplotlib .*pip install 'chunkformer\[video,viz\]'"
+    ):
         require("av", "tyro", "matplotlib", purpose="x")
     with pytest.raises(ValueError, match="unknown optional modules"):
         require("numpy", purpose="x")
@@ -32,7 +36,9 @@ def test_training_recipe_stops_before_any_work(monkeypatch: pytest.MonkeyPatch, 
         train_kinetics.main([])
 
 
-def test_ablation_study_stops_before_its_first_run_without_matplotlib(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ablation_study_stops_before_its_first_run_without_matplotlib(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     _hide(monkeypatch, "matplotlib")
     monkeypatch.setattr(ablations, "run_study", lambda study: pytest.fail("a run started"))
     with pytest.raises(MissingDependencyError, match=r"needs matplotlib .*chunkformer\[viz\]"):

@@ -41,7 +41,9 @@ def _assert_same_run(out: Path, reference: Path) -> None:
     assert got["step"] == want["step"]
     for key, value in want["model"].items():
         assert torch.equal(got["model"][key], value), f"weight {key} differs"
-    for (key, state), (_, expected) in zip(got["optimizer"]["state"].items(), want["optimizer"]["state"].items()):
+    for (key, state), (_, expected) in zip(
+        got["optimizer"]["state"].items(), want["optimizer"]["state"].items()
+    ):
         for name, tensor in expected.items():
             assert torch.equal(state[name], tensor), f"optimizer state {key}.{name} differs"
     best, best_want = load_training_state(out / "best.pt"), load_training_state(reference / "best.pt")
@@ -55,7 +57,9 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train(_config(root, "full")).out_dir
 
 
-@pytest.mark.parametrize("stop_at", [2, 5, 4, 8], ids=["mid-epoch-1", "mid-epoch-2", "epoch-end-1", "epoch-end-2"])
+@pytest.mark.parametrize(
+    "stop_at", [2, 5, 4, 8], ids=["mid-epoch-1", "mid-epoch-2", "epoch-end-1", "epoch-end-2"]
+)
 def test_resumed_at_a_step_gives_the_same_run(tmp_path: Path, uninterrupted: Path, stop_at: int) -> None:
     first = train(_config(tmp_path, "split", max_steps=stop_at))
     assert first.step_losses and len(first.step_losses) == stop_at

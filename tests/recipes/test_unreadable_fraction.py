@@ -43,5 +43,7 @@ def test_a_few_unreadable_videos_are_skipped(tmp_path: Path) -> None:
 
 def test_many_unreadable_videos_stop_the_run_with_the_files_named(tmp_path: Path) -> None:
     # 30 of 70 files broken: about 40 % of the videos tried, over the 20 % limit.
-    with pytest.raises(RuntimeError, match=r"videos tried this epoch were unreadable \(more than 20%\).*broken/\d\d\.mp4"):
+    with pytest.raises(
+        RuntimeError, match=r"videos tried this epoch were unreadable \(more than 20%\).*broken/\d\d\.mp4"
+    ):
         _run_with_broken_videos(tmp_path, broken=30, out="many")
