@@ -10,21 +10,16 @@ Presets: ``motion`` (default: ``sct_tiny`` on built-in synthetic motion videos, 
     python recipes/train_kinetics.py k400 ... --run.resume
     python recipes/train_kinetics.py k400 ... --run.eval-only --run.checkpoint runs/k400/best.pt
 
-``--help`` after a preset name lists every field with its default. See docs/recipes.md.
+``--help`` after a preset name lists every field with its default. See docs/recipes.md. The loop, the
+configs and the checkpoints are :mod:`chunkformer.engine`; this file is its command line.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
-# The engine's modules sit beside this script; make them importable however the script is started.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from dependencies import require  # noqa: E402
-from train_config import PRESETS, TrainConfig  # noqa: E402
-from train_engine import train  # noqa: E402
+from chunkformer.engine import PRESETS, TrainConfig, require, train
 
 # Decoding, the command line, logs, progress and the exported weights: checked before any work.
 RECIPE_MODULES = ("av", "tyro", "tensorboard", "tqdm", "safetensors")
@@ -40,15 +35,17 @@ def parse(argv: list[str]) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Train (or evaluate) as ``argv`` (default: the process's arguments) says."""
     require(*RECIPE_MODULES, purpose="recipes/train_kinetics.py")
     config = parse(sys.argv[1:] if argv is None else argv)
     result = train(config)
     if config.run.eval_only or result.metrics is None:
         return
     if int(os.environ.get("RANK", "0")) == 0:
+        metrics = result.metrics
         print(
-            f"\nfinal multi-view val top-1 {100 * result.metrics.top1:.2f}% top-5 {100 * result.metrics.top5:.2f}% "
-            f"({result.metrics.num_videos} videos) in {result.seconds:.0f}s; outputs in {result.out_dir}"
+            f"\nfinal multi-view val top-1 {100 * metrics.top1:.2f}% top-5 {100 * metrics.top5:.2f}% "
+            f"({metrics.num_videos} videos) in {result.seconds:.0f}s; outputs in {result.out_dir}"
         )
 
 

@@ -1,12 +1,8 @@
-"""Make the recipe modules (scripts beside each other under recipes/) importable in tests."""
+"""The recipes' tests run them end to end: they need the video extra."""
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("av")
 pytest.importorskip("tyro")
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))

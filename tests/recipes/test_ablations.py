@@ -1,48 +1,38 @@
+"""recipes/ablations.py end to end: the quick study, its results and its resumption."""
+
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
 
-import pytest
+from tests.recipes.scripts import load_recipe
 
-import ablations
-from chunkformer.models import create_model
-
-
-def test_variants_change_only_what_their_table_ablates() -> None:
-    reference = create_model("ablation_reference", num_classes=16, num_frames=8, img_size=32).config
-    assert reference.shift == 1 and reference.clip_depth == 4 and reference.stages[0].shifted_depth == 1
-    differs = {}
-    for name in ablations.VARIANTS:
-        config = create_model(f"ablation_{name}", num_classes=16, num_frames=8, img_size=32).config
-        differs[name] = {
-            key for key in vars(reference) if getattr(config, key) != getattr(reference, key)
-        }
-    assert differs == {
-        "reference": set(),
-        "standard_msa": {"shift"},
-        "shift_5": {"shift"},
-        "two_shifted": {"stages"},
-        "vit_patch8": {"patch_size", "stages"},
-        "vit_patch4": {"chunk_size"},
-        "clip_depth_2": {"clip_depth"},
-    }
-    # The ViT variants attend over the whole frame: one window covers the token grid of a 32 x 32 frame.
-    for name in ("vit_patch8", "vit_patch4"):
-        config = create_model(f"ablation_{name}", num_classes=16, num_frames=8, img_size=32).config
-        assert config.chunk_size == 32 // config.patch_size
-    assert reference.chunk_size < 32 // reference.patch_size
+ablations = load_recipe("ablations")
 
 
 def test_quick_study_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "study"
     summary = ablations.main(
-        ["--quick", "--jobs", "2", "--out-dir", str(out), "--variants", "reference", "standard_msa", "vit_patch8"]
+        [
+            "--quick",
+            "--jobs",
+            "2",
+            "--out-dir",
+            str(out),
+            "--variants",
+            "reference",
+            "standard_msa",
+            "vit_patch8",
+        ]
     )
     assert [row["variant"] for row in summary] == ["reference", "standard_msa", "vit_patch8"]
     rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
-    assert sorted((row["variant"], row["seed"]) for row in rows) == [("reference", 0), ("standard_msa", 0), ("vit_patch8", 0)]
+    assert sorted((row["variant"], row["seed"]) for row in rows) == [
+        ("reference", 0),
+        ("standard_msa", 0),
+        ("vit_patch8", 0),
+    ]
     assert all(row["num_videos"] == 8 and 0.0 <= row["top1"] <= 1.0 for row in rows)  # 8 classes x 1 video
     for row in summary:
         assert row["params"] > 0 and row["macs"] > 0 and math.isnan(row["top1_std"])  # one seed: no spread
@@ -64,66 +54,10 @@ def test_quick_study_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
 
 
 def test_quick_study_on_the_hard_data(tmp_path: Path) -> None:
-    (row,) = ablations.main(["--quick", "--jobs", "1", "--data", "hard", "--out-dir", str(tmp_path), "--variants", "reference"])
+    (row,) = ablations.main(
+        ["--quick", "--jobs", "1", "--data", "hard", "--out-dir", str(tmp_path), "--variants", "reference"]
+    )
     assert row["variant"] == "reference"
     (run,) = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
     assert run["num_videos"] == 16  # 16 classes x 1 video
     assert (tmp_path / "data" / "hard-2-1-seed0" / "classes.txt").read_text().split()[-1] == "upleft_fast"
-
-
-def test_summary_pairs_seeds_with_the_reference() -> None:
-    rows = [
-        {"variant": "reference", "seed": 0, "top1": 0.5, "seconds": 1.0},
-        {"variant": "reference", "seed": 1, "top1": 0.7, "seconds": 1.0},
-        {"variant": "standard_msa", "seed": 0, "top1": 0.4, "seconds": 3.0},
-        {"variant": "standard_msa", "seed": 1, "top1": 0.7, "seconds": 5.0},
-    ]
-    reference, standard = ablations.summarize(rows, ("reference", "standard_msa"))
-    assert reference["top1_mean"] == pytest.approx(0.6) and reference["top1_std"] == pytest.approx(0.1414, abs=1e-4)
-    assert math.isnan(reference["delta_mean"])
-    assert standard["delta_mean"] == pytest.approx(-0.05) and standard["delta_std"] == pytest.approx(0.0707, abs=1e-4)
-    assert standard["seconds"] == pytest.approx(4.0)
-
-
-def test_unknown_variant_is_an_error_naming_the_choices() -> None:
-    with pytest.raises(ValueError, match="unknown variants.*available: reference"):
-        ablations.AblationConfig(variants=("reference", "swin"))
-
-
-def test_pool_workers_end_when_the_study_process_is_killed(tmp_path: Path) -> None:
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    # A parent that starts one pool worker with the study's initializer, prints the worker's pid, and sleeps.
-    script = tmp_path / "parent.py"
-    script.write_text(
-        "import multiprocessing, os, sys, time\n"
-        f"sys.path.insert(0, {str(Path(ablations.__file__).parent)!r})\n"
-        "from concurrent.futures import ProcessPoolExecutor\n"
-        "import ablations\n"
-        "if __name__ == '__main__':\n"
-        "    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'),\n"
-        "                               initializer=ablations._exit_with_parent, initargs=(os.getpid(),))\n"
-        "    print(pool.submit(os.getpid).result(), flush=True)\n"
-        "    time.sleep(120)\n"
-    )
-    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    try:
-        worker = int(parent.stdout.readline())
-        os.kill(parent.pid, signal.SIGKILL)
-        parent.wait()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                os.kill(worker, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
-            os.kill(worker, signal.SIGKILL)
-            pytest.fail("the pool worker outlived its killed parent by 30 s")
-    finally:
-        parent.kill()

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 
-import ablations
 import pytest
-import train_kinetics
-from dependencies import MissingDependencyError, require
+
+from chunkformer.engine import MissingDependencyError, require
+from tests.recipes.scripts import load_recipe
+
+ablations = load_recipe("ablations")
+train_kinetics = load_recipe("train_kinetics")
 
 
 def _hide(monkeypatch: pytest.MonkeyPatch, *hidden: str) -> None:

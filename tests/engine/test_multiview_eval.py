@@ -22,8 +22,8 @@ from chunkformer.data import (
     multiview_scores,
     read_video_list,
 )
-from tests.recipes.tiny_run import tiny_config
-from train_engine import Dist, evaluate, train
+from chunkformer.engine import DistContext, evaluate, train, video_lists
+from tests.engine.tiny_run import tiny_config
 
 
 def _softmax(row: list[float]) -> list[float]:
@@ -51,13 +51,19 @@ def _reference_metrics(scores: list[list[float]], labels: list[int], num_classes
         per_class.append(sum(mine) / len(mine) if mine else float("nan"))
     present = [a for a in per_class if not math.isnan(a)]
     return {
-        "top1": sum(hit1) / len(hit1), "top5": sum(hit5) / len(hit5), "per_class": per_class,
-        "mean_class": sum(present) / len(present), "num_videos": len(labels),
+        "top1": sum(hit1) / len(hit1),
+        "top5": sum(hit5) / len(hit5),
+        "per_class": per_class,
+        "mean_class": sum(present) / len(present),
+        "num_videos": len(labels),
     }
 
 
 def _same(a: list[float], b: list[float]) -> bool:
-    return all(x == pytest.approx(y, abs=1e-6) or (math.isnan(x) and math.isnan(y)) for x, y in zip(a, b, strict=True))
+    return all(
+        x == pytest.approx(y, abs=1e-6) or (math.isnan(x) and math.isnan(y))
+        for x, y in zip(a, b, strict=True)
+    )
 
 
 @pytest.mark.parametrize("num_classes", [3, 10])
@@ -71,10 +77,14 @@ def test_scores_and_metrics_match_the_loop_reference(num_classes: int) -> None:
     assert scores.tolist() == [pytest.approx(r, abs=1e-6) for r in reference]
     metrics = classification_metrics(scores, labels, num_classes, [("gone.mp4", "file not found")])
     expected = _reference_metrics(reference, labels.tolist(), num_classes)
-    assert (metrics.top1, metrics.top5, metrics.num_videos) == pytest.approx((expected["top1"], expected["top5"], 13))
+    assert (metrics.top1, metrics.top5, metrics.num_videos) == pytest.approx(
+        (expected["top1"], expected["top5"], 13)
+    )
     assert math.isnan(metrics.per_class[-1]) and _same(metrics.per_class, expected["per_class"])
     assert metrics.mean_class == pytest.approx(expected["mean_class"])
-    assert metrics.num_unreadable == 1 and "over 13 videos (1 unreadable videos excluded)" in metrics.summary()
+    assert (
+        metrics.num_unreadable == 1 and "over 13 videos (1 unreadable videos excluded)" in metrics.summary()
+    )
     if num_classes < 5:
         assert metrics.top5 == 1.0  # top-5 of 3 classes is every class
 
@@ -85,29 +95,49 @@ class _PixelLinear(nn.Module):
 
     def __init__(self, clip_numel: int, num_classes: int) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(clip_numel, num_classes, generator=torch.Generator().manual_seed(0)) * 0.05)
+        self.weight = nn.Parameter(
+            torch.randn(clip_numel, num_classes, generator=torch.Generator().manual_seed(0)) * 0.05
+        )
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         return clips.flatten(1) @ self.weight
 
 
 def test_engine_evaluation_matches_the_reference_and_excludes_unreadable_videos(tmp_path: Path) -> None:
-    config = tiny_config(tmp_path, "run", **{
-        "optim.epochs": 1, "run.max_steps": 1, "data.temporal_views": 2, "data.spatial_crops": 3,
-        "data.eval_batch_size": 2, "data.num_workers": 0,
-    })
+    config = tiny_config(
+        tmp_path,
+        "run",
+        **{
+            "optim.epochs": 1,
+            "run.max_steps": 1,
+            "data.temporal_views": 2,
+            "data.spatial_crops": 3,
+            "data.eval_batch_size": 2,
+            "data.num_workers": 0,
+        },
+    )
     train(config)  # generates the tiny motion data
     good = read_video_list(Path(config.data.data_root) / "val.txt").records[:5]
     (tmp_path / "empty.mp4").write_bytes(b"")
     shutil.copy(good[0].path, tmp_path / "copy_of_0.mp4")
     # With eval batches of 2, batch 2 is [empty, missing]: a batch with no readable video at all.
-    paths = [good[0].path, good[1].path, str(tmp_path / "empty.mp4"), str(tmp_path / "missing.mp4"),
-             good[2].path, str(tmp_path / "copy_of_0.mp4"), good[3].path, good[4].path]
+    paths = [
+        good[0].path,
+        good[1].path,
+        str(tmp_path / "empty.mp4"),
+        str(tmp_path / "missing.mp4"),
+        good[2].path,
+        str(tmp_path / "copy_of_0.mp4"),
+        good[3].path,
+        good[4].path,
+    ]
     readable = [0, 1, 4, 5, 6, 7]
     num_classes = 8
     dataset = MultiViewDataset(
         VideoList([VideoRecord(p, 0) for p in paths], [str(c) for c in range(num_classes)]),
-        ClipSampler(config.data.num_frames, config.data.frame_stride), EvalTransform(config.data.crop_size, 3), 2,
+        ClipSampler(config.data.num_frames, config.data.frame_stride),
+        EvalTransform(config.data.crop_size, 3),
+        2,
     )
     model = _PixelLinear(3 * config.data.num_frames * config.data.crop_size**2, num_classes)
     # Reference scores, one video and one view at a time.
@@ -124,9 +154,10 @@ def test_engine_evaluation_matches_the_reference_and_excludes_unreadable_videos(
     labels = [r[w] for r, w in zip(ranked, where)]
     label_of = dict(zip(readable, labels))
     videos = VideoList(
-        [VideoRecord(p, label_of.get(i, 0)) for i, p in enumerate(paths)], [str(c) for c in range(num_classes)]
+        [VideoRecord(p, label_of.get(i, 0)) for i, p in enumerate(paths)],
+        [str(c) for c in range(num_classes)],
     )
-    metrics = evaluate(model, config, videos, Dist(), torch.device("cpu"), None)
+    metrics = evaluate(model, config, videos, DistContext(), torch.device("cpu"), None)
 
     expected = _reference_metrics(scores, labels, num_classes)
     assert metrics.num_videos == 6 and metrics.num_unreadable == 2
@@ -139,8 +170,7 @@ def test_engine_evaluation_matches_the_reference_and_excludes_unreadable_videos(
 
 
 def test_integer_label_lists_share_one_label_space(tmp_path: Path) -> None:
-    from train_config import preset
-    from train_engine import Dist, _video_lists
+    from chunkformer.engine import preset
 
     for name in ("a.mp4", "b.mp4", "c.mp4"):
         (tmp_path / name).touch()
@@ -148,9 +178,9 @@ def test_integer_label_lists_share_one_label_space(tmp_path: Path) -> None:
     (tmp_path / "val.txt").write_text("c.mp4 4\n")
     config = preset("k400")
     config.data.train, config.data.val = str(tmp_path / "train.txt"), str(tmp_path / "val.txt")
-    train_videos, val_videos = _video_lists(config, Dist())
+    train_videos, val_videos = video_lists(config, DistContext())
     assert train_videos.num_classes == val_videos.num_classes == 5
     # With a classes file, its length is the label space (no widening).
     (tmp_path / "classes.txt").write_text("\n".join("abcdef") + "\n")
     config.data.classes = str(tmp_path / "classes.txt")
-    assert [videos.num_classes for videos in _video_lists(config, Dist())] == [6, 6]
+    assert [videos.num_classes for videos in video_lists(config, DistContext())] == [6, 6]

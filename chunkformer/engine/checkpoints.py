@@ -1,7 +1,10 @@
 """Training checkpoints: atomic writes, the last k and the best kept, and every RNG state as plain data.
 
 Checkpoints are ``torch.save`` dicts of tensors and plain Python values only, so they load with
-``torch.load(weights_only=True)``. RNG states are converted to tensors and lists for that reason.
+``torch.load(weights_only=True)``. RNG states are converted to tensors and lists for that reason. A
+training checkpoint (``ckpt-<step>.pt``, ``best.pt``) holds ``model``, ``optimizer``, ``scheduler``,
+``scaler``, ``step``, ``epoch``, ``step_in_epoch``, ``best``, ``rng`` (one entry per rank),
+``epoch_progress`` and ``config``; its ``model`` entry loads with ``create_model(checkpoint_path=...)``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["atomic_save", "capture_rng", "list_checkpoints", "load_training_state", "restore_rng", "save_training_checkpoint"]
+__all__ = [
+    "atomic_save",
+    "capture_rng",
+    "list_checkpoints",
+    "load_training_state",
+    "restore_rng",
+    "save_training_checkpoint",
+]
 
 _NAME = re.compile(r"^ckpt-(\d+)\.pt$")
 
@@ -81,7 +91,9 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_training_checkpoint(state: dict[str, Any], directory: str | Path, step: int, keep_last: int, best: bool) -> Path:
+def save_training_checkpoint(
+    state: dict[str, Any], directory: str | Path, step: int, keep_last: int, best: bool
+) -> Path:
     """Write ``ckpt-<step>.pt`` atomically, prune to the newest ``keep_last``, and write ``best.pt`` too
     when ``best``."""
     directory = Path(directory)

@@ -1,6 +1,17 @@
-"""Training configuration as dataclasses, and the presets: Table 2 of the paper per dataset, section 4's
-optimisation (SGD momentum 0.9, cosine schedule with warmup, 50 epochs, batch 32/16/8 for SCT-S/M/L,
-crop 224), and ``motion``, the tiny default run on the built-in synthetic data."""
+"""Training configuration as dataclasses, and the presets.
+
+The presets are Table 2 of the paper per dataset with section 4's optimisation (SGD momentum 0.9, cosine
+schedule with warmup, 50 epochs, batch 32/16/8 for SCT-S/M/L, crop 224), and ``motion``, the small default
+run (``sct_tiny`` on the built-in synthetic motion videos). Every field is a command-line flag of
+``recipes/train_kinetics.py`` (``--optim.lr 0.1``); in Python, change the fields of :func:`preset`'s copy::
+
+    from chunkformer.engine import preset, train
+
+    config = preset("motion")
+    config.optim.epochs = 5
+    config.run.out_dir = "runs/short"
+    result = train(config)
+"""
 
 from __future__ import annotations
 
@@ -97,7 +108,8 @@ class ModelConfig:
     Attributes:
         name: a name from ``chunkformer.models.list_models()``; register your own with
             ``chunkformer.models.register_model`` in a module passed as ``--model.import-module``.
-        import_module: a module (or ``.py`` file) imported before the model is built, to register models.
+        import_module: a module (or ``.py`` file) imported before the model is built, to register models
+            (the built-in models, ``sct_tiny`` included, need none).
         dropout: head dropout (passed as ``head_drop_rate``; None passes nothing, for models without it).
         drop_path_rate: stochastic depth (None passes nothing).
         pass_img_size: pass ``img_size=crop_size`` to the model factory.
@@ -199,6 +211,7 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def global_batch(self) -> int:
+        """The batch per optimizer step: ``optim.batch_size``, or section 4's for the model."""
         return self.optim.batch_size or PAPER_BATCH.get(self.model.name, 32)
 
 
@@ -207,7 +220,9 @@ def _paper(
 ) -> TrainConfig:
     """A Table 2 column with section 4's settings, SCT-S by default."""
     return TrainConfig(
-        data=DataConfig(kind="list", num_frames=24, frame_stride=stride, frame_rate=frame_rate, crop_size=224),
+        data=DataConfig(
+            kind="list", num_frames=24, frame_stride=stride, frame_rate=frame_rate, crop_size=224
+        ),
         model=ModelConfig(name="sct_s", dropout=dropout),
         optim=OptimConfig(lr=lr, warmup_epochs=warmup, epochs=50, label_smoothing=smoothing),
         run=RunConfig(out_dir=f"runs/{name}"),
@@ -218,12 +233,24 @@ def _motion() -> TrainConfig:
     """The default run: ``sct_tiny`` on the built-in motion data, sized for 2 CPU cores."""
     return TrainConfig(
         data=DataConfig(
-            kind="motion", num_frames=8, frame_stride=1, crop_size=32, scale=(0.6, 1.0), temporal_views=4,
-            spatial_crops=3, num_workers=1, eval_batch_size=8,
+            kind="motion",
+            num_frames=8,
+            frame_stride=1,
+            crop_size=32,
+            scale=(0.6, 1.0),
+            temporal_views=4,
+            spatial_crops=3,
+            num_workers=1,
+            eval_batch_size=8,
         ),
-        model=ModelConfig(name="sct_tiny", import_module="sct_tiny"),
+        model=ModelConfig(name="sct_tiny"),
         optim=OptimConfig(
-            optimizer="adamw", lr=1e-3, warmup_epochs=1, epochs=60, batch_size=16, label_smoothing=0.0,
+            optimizer="adamw",
+            lr=1e-3,
+            warmup_epochs=1,
+            epochs=60,
+            batch_size=16,
+            label_smoothing=0.0,
             weight_decay=0.05,
         ),
         run=RunConfig(out_dir="runs/motion", threads=1, amp="none", log_every=50, eval_every=5),

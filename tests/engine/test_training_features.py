@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from chunkformer.data import read_video_list
-from tests.recipes.tiny_run import tiny_config
-from train_checkpoint import load_training_state
-from train_engine import Dist, _build_model, _progress, train
+from chunkformer.engine import DistContext, build_model, load_training_state, train
+from chunkformer.engine.logs import progress_bar
+from tests.engine.tiny_run import tiny_config
 
 # No momentum, no weight decay: the first step is exactly -lr x (clipped) gradient.
 _PLAIN_SGD = {"optim.optimizer": "sgd", "optim.lr": 0.05, "optim.momentum": 0.0, "optim.weight_decay": 0.0}
@@ -25,8 +25,18 @@ _PLAIN_SGD = {"optim.optimizer": "sgd", "optim.lr": 0.05, "optim.momentum": 0.0,
 # The columns docs/recipes.md documents.
 STEP_COLUMNS = ["step", "epoch", "loss", "lr", "data_wait_share", "clips_per_s"]
 EPOCH_COLUMNS = [
-    "epoch", "step", "train_loss", "val_top1", "val_top5", "val_mean_class", "val_videos", "val_unreadable",
-    "train_unreadable", "data_wait_share", "clips_per_s", "seconds",
+    "epoch",
+    "step",
+    "train_loss",
+    "val_top1",
+    "val_top5",
+    "val_mean_class",
+    "val_videos",
+    "val_unreadable",
+    "train_unreadable",
+    "data_wait_share",
+    "clips_per_s",
+    "seconds",
 ]
 
 
@@ -54,12 +64,14 @@ def test_bf16_autocast_on_cpu_trains_with_finite_loss(tmp_path: Path) -> None:
 
 def test_accumulation_gives_the_same_first_step_as_one_big_batch(tmp_path: Path) -> None:
     once = train(tiny_config(tmp_path, "batch4", **_PLAIN_SGD, **{"run.max_steps": 1}))
-    twice = train(tiny_config(tmp_path, "accum2", **_PLAIN_SGD, **{"run.max_steps": 1, "optim.accum_steps": 2}))
+    twice = train(
+        tiny_config(tmp_path, "accum2", **_PLAIN_SGD, **{"run.max_steps": 1, "optim.accum_steps": 2})
+    )
     assert twice.step_losses == pytest.approx(once.step_losses, rel=1e-6)
     a, b = _weights_after_step_1(tmp_path, "batch4"), _weights_after_step_1(tmp_path, "accum2")
     config = tiny_config(tmp_path, "x")
     torch.manual_seed(config.run.seed)
-    initial = _build_model(config, 8).state_dict()
+    initial = build_model(config, 8).state_dict()
     moved = max((a[k] - initial[k]).abs().max().item() for k in a)
     assert moved > 1e-4  # the step did something, far above the tolerance below
     # Float32 sums in another order (2 micro-batch gradients of 2 clips vs one of 4): ~1e-8 here.
@@ -77,7 +89,7 @@ def test_gradient_clipping_bounds_the_first_step(tmp_path: Path) -> None:
     assert clipped.step_losses == free.step_losses  # same forward pass
     config = tiny_config(tmp_path, "x")
     torch.manual_seed(config.run.seed)
-    initial = _build_model(config, 8).state_dict()
+    initial = build_model(config, 8).state_dict()
 
     def step_norm(out: str) -> float:
         after = _weights_after_step_1(tmp_path, out)
@@ -101,16 +113,27 @@ def test_csv_and_tensorboard_logs_have_the_documented_columns(tmp_path: Path) ->
     assert all(0 <= float(r["data_wait_share"]) <= 1 and float(r["clips_per_s"]) > 0 for r in steps)
     fields, epochs = _rows(tmp_path / "run" / "epochs.csv")
     assert fields == EPOCH_COLUMNS
-    assert [(r["epoch"], r["step"], r["val_videos"], r["val_unreadable"], r["train_unreadable"]) for r in epochs] == [
-        ("1", "4", "8", "0", "0"), ("2", "8", "8", "0", "0"),
+    assert [
+        (r["epoch"], r["step"], r["val_videos"], r["val_unreadable"], r["train_unreadable"]) for r in epochs
+    ] == [
+        ("1", "4", "8", "0", "0"),
+        ("2", "8", "8", "0", "0"),
     ]
     events = list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
     assert len(events) == 1
     accumulator = EventAccumulator(str(events[0]))
     accumulator.Reload()
     tags = set(accumulator.Tags()["scalars"])
-    assert {"train/loss", "train/lr", "train/data_wait_share", "train/clips_per_s", "epoch/train_loss",
-            "epoch/val_top1", "epoch/val_top5", "epoch/val_mean_class"} <= tags
+    assert {
+        "train/loss",
+        "train/lr",
+        "train/data_wait_share",
+        "train/clips_per_s",
+        "epoch/train_loss",
+        "epoch/val_top1",
+        "epoch/val_top5",
+        "epoch/val_mean_class",
+    } <= tags
     losses = accumulator.Scalars("train/loss")
     assert [e.step for e in losses] == list(range(1, 9))
     assert [e.value for e in losses] == pytest.approx(result.step_losses, rel=1e-6)
@@ -122,12 +145,17 @@ class _FakeTTY(io.StringIO):
         return True
 
 
-def test_progress_bars_only_on_rank_0_and_a_tty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                capfd: pytest.CaptureFixture[str]) -> None:
+def test_progress_bars_only_on_rank_0_and_a_tty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
     pytest.importorskip("tqdm")
-    for stream, ctx, shown in ((_FakeTTY(), Dist(), True), (_FakeTTY(), Dist(1, 2), False), (io.StringIO(), Dist(), False)):
+    for stream, ctx, shown in (
+        (_FakeTTY(), DistContext(), True),
+        (_FakeTTY(), DistContext(1, 2), False),
+        (io.StringIO(), DistContext(), False),
+    ):
         monkeypatch.setattr("sys.stderr", stream)
-        bar = _progress(3, "epoch 1/1", ctx)
+        bar = progress_bar(3, "epoch 1/1", ctx)
         bar.update()
         bar.close()
         assert ("epoch 1/1" in stream.getvalue()) is shown
@@ -176,11 +204,14 @@ def test_a_hung_training_video_is_skipped_and_logged(tmp_path: Path, hang_on: se
     assert result.metrics is not None and result.metrics.num_videos == 8  # validation files do not hang
 
 
-def test_decode_short_side_reaches_both_datasets_and_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import train_engine
+def test_decode_short_side_reaches_both_datasets_and_is_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import chunkformer.engine.builders as builders
+    import chunkformer.engine.evaluation as evaluation
 
     seen: dict[str, object] = {}
-    real_clip, real_views = train_engine.ClipDataset, train_engine.MultiViewDataset
+    real_clip, real_views = builders.ClipDataset, evaluation.MultiViewDataset
 
     def clip_dataset(*args, **kwargs):
         seen["train"] = kwargs.get("short_side")
@@ -190,10 +221,12 @@ def test_decode_short_side_reaches_both_datasets_and_is_checked(tmp_path: Path, 
         seen["eval"] = kwargs.get("short_side")
         return real_views(*args, **kwargs)
 
-    monkeypatch.setattr(train_engine, "ClipDataset", clip_dataset)
-    monkeypatch.setattr(train_engine, "MultiViewDataset", views_dataset)
+    monkeypatch.setattr(builders, "ClipDataset", clip_dataset)
+    monkeypatch.setattr(evaluation, "MultiViewDataset", views_dataset)
     config = tiny_config(tmp_path, "run", **{"data.decode_short_side": 24, "optim.epochs": 1})
     train(config)
     assert seen == {"train": 24, "eval": config.data.crop_size}
-    with pytest.raises(ValueError, match=r"decode_short_side must be at least data.crop_size \(16\) or None, got 8"):
+    with pytest.raises(
+        ValueError, match=r"decode_short_side must be at least data.crop_size \(16\) or None, got 8"
+    ):
         train(tiny_config(tmp_path, "bad", **{"data.decode_short_side": 8}))

@@ -9,11 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.recipes.tiny_run import tiny_config
-from train_checkpoint import atomic_save, load_training_state
-from train_config import preset
-from train_engine import train
-from train_kinetics import parse
+from chunkformer.engine import atomic_save, load_training_state, preset, train
+from tests.engine.tiny_run import tiny_config
 
 
 def _config(tmp_path: Path, out: str, **run: object):
@@ -38,8 +35,13 @@ def test_resume_reproduces_the_uninterrupted_loss_sequence(tmp_path: Path) -> No
     # The exported weights load through create_model.
     from chunkformer.models import create_model
 
-    model = create_model("sct_tiny", num_classes=8, num_frames=4, img_size=16, checkpoint_path=resumed.weights)
-    assert torch.equal(model.state_dict()["clip_encoder.pos_embed"], load_training_state(resumed.checkpoint)["model"]["clip_encoder.pos_embed"])
+    model = create_model(
+        "sct_tiny", num_classes=8, num_frames=4, img_size=16, checkpoint_path=resumed.weights
+    )
+    assert torch.equal(
+        model.state_dict()["clip_encoder.pos_embed"],
+        load_training_state(resumed.checkpoint)["model"]["clip_encoder.pos_embed"],
+    )
 
 
 def test_checkpoint_loads_weights_only_and_keeps_last_k(tmp_path: Path) -> None:
@@ -57,8 +59,7 @@ def test_killed_save_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import os, signal, sys, torch
-        sys.path.insert(0, {str(Path(__file__).resolve().parents[2] / 'recipes')!r})
-        import train_checkpoint
+        import chunkformer.engine.checkpoints as train_checkpoint
         real = torch.save
         def dying_save(obj, file):
             real(obj, file)
@@ -72,17 +73,6 @@ def test_killed_save_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
     assert result.returncode != 0
     state = torch.load(path, weights_only=True)
     assert state["step"] == 1 and torch.equal(state["w"], torch.ones(3))
-
-
-def test_cli_presets_and_overrides() -> None:
-    config = parse(["k400", "--optim.lr", "0.05", "--model.name", "sct_m"])
-    assert (config.data.frame_rate, config.data.frame_stride, config.optim.warmup_epochs) == (5, 10, 2)
-    assert config.optim.lr == 0.05 and config.global_batch() == 16  # section 4: SCT-M batch 16
-    assert parse(["hmdb51"]).optim.label_smoothing == 0 and parse(["mit"]).model.dropout == 0.2
-    assert parse([]).model.name == "sct_tiny"
-    with pytest.raises(SystemExit):
-        parse(["k400", "--optim.lr", "fast"])
-
 
 
 def default_run_top1(root: Path, seed: int, steps: int = 15 * 32) -> float:
@@ -116,7 +106,9 @@ def test_a_fresh_run_never_mixes_with_an_earlier_one(tmp_path: Path) -> None:
     out = train(longer).out_dir
     before = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
     assert {"ckpt-00000008.pt", "ckpt-00000012.pt", "best.pt", "steps.csv"} <= set(before)
-    with pytest.raises(FileExistsError, match=r"already holds a training run \(.*ckpt-.*\).*--run.resume.*--run.overwrite"):
+    with pytest.raises(
+        FileExistsError, match=r"already holds a training run \(.*ckpt-.*\).*--run.resume.*--run.overwrite"
+    ):
         train(_config(tmp_path, "run"))
     # Refused before anything was touched (train.log aside, which only gains lines).
     after = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}

@@ -1,7 +1,11 @@
-"""The optional packages the recipes need, checked before any work starts.
+"""The optional packages a training script needs, checked before any work starts.
 
-A recipe that finds a package missing after hours of training loses them; these checks run first and name
-the extra that installs what is missing.
+A script that finds a package missing after hours of training loses them; these checks run first and name
+the extra that installs what is missing::
+
+    from chunkformer.engine import require
+
+    require("av", "tyro", "tensorboard", purpose="my_train.py")  # MissingDependencyError if one is absent
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ OPTIONAL: dict[str, tuple[str, str]] = {
 
 
 class MissingDependencyError(ImportError):
-    """Optional packages a recipe needs are not installed; the message names them and the install line."""
+    """Optional packages a script needs are not installed; the message names them and the install line."""
 
 
 def require(*modules: str, purpose: str) -> None:

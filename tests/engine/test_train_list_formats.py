@@ -8,10 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from train_engine import train
-from train_kinetics import parse
 
 from chunkformer.data import MotionDatasetSpec, ensure_motion_dataset, kinetics_clip_name
+from chunkformer.engine import train
+from tests.recipes.scripts import load_recipe
 
 # Two motion classes (right / left) stand in for each dataset's classes: 2 training and 1 validation
 # video per class, so one batch of 4 per epoch.
@@ -113,7 +113,7 @@ def test_training_runs_from_published_split_files(tmp_path: Path, make: Builder)
     videos = _motion_videos(tmp_path)
     (tmp_path / "data").mkdir()
     flags = make(tmp_path / "data", videos)
-    config = parse(
+    config = load_recipe("train_kinetics").parse(
         [
             "--data.kind",
             "list",

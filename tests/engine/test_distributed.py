@@ -27,9 +27,8 @@ from typing import Any
 import pytest
 import torch
 
-from tests.recipes.tiny_run import tiny_config
-from train_checkpoint import load_training_state
-from train_engine import train
+from chunkformer.engine import load_training_state, train
+from tests.engine.tiny_run import tiny_config
 
 pytest.importorskip("safetensors")
 if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
@@ -39,11 +38,18 @@ _SCRIPT = Path(__file__).resolve().parent / "tiny_run.py"
 _SGD = {"optim.optimizer": "sgd", "optim.lr": 0.05}
 
 
-def _torchrun(root: Path, out: str, overrides: dict[str, Any], fault: dict[str, Any] | None = None,
-              timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _torchrun(
+    root: Path, out: str, overrides: dict[str, Any], fault: dict[str, Any] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     spec = {"root": str(root), "out": out, "overrides": overrides, "fault": fault}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(_SCRIPT),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(_SCRIPT),
         json.dumps(spec),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(_SCRIPT.parents[2])}
@@ -71,21 +77,33 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, dict[str,
     return root, one, two
 
 
-def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(runs: tuple[Path, Any, dict[str, Any]]) -> None:
+def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(
+    runs: tuple[Path, Any, dict[str, Any]],
+) -> None:
     from safetensors.torch import load_file
 
     root, one, two = runs
     assert len(one.step_losses) == len(two["step_losses"]) == 8
     assert two["step_losses"] == pytest.approx(one.step_losses, rel=1e-5, abs=1e-5)
     assert max(one.step_losses) - min(one.step_losses) > 1e-2  # the tolerance is far below the signal
-    weights_one, weights_two = load_file(root / "one" / "model.safetensors"), load_file(root / "two" / "model.safetensors")
+    weights_one, weights_two = (
+        load_file(root / "one" / "model.safetensors"),
+        load_file(root / "two" / "model.safetensors"),
+    )
     assert weights_one.keys() == weights_two.keys()
     assert max((weights_one[k] - weights_two[k]).abs().max().item() for k in weights_one) < 1e-5
     # Multi-view evaluation is sharded across the ranks and gathered: every video exactly once.
     metrics = two["metrics"]
     assert metrics["num_videos"] == one.metrics.num_videos == 8 and metrics["num_unreadable"] == 0
-    assert (metrics["top1"], metrics["top5"], metrics["mean_class"]) == (one.metrics.top1, one.metrics.top5, one.metrics.mean_class)
-    assert all(a == b or (math.isnan(a) and math.isnan(b)) for a, b in zip(metrics["per_class"], one.metrics.per_class, strict=True))
+    assert (metrics["top1"], metrics["top5"], metrics["mean_class"]) == (
+        one.metrics.top1,
+        one.metrics.top5,
+        one.metrics.mean_class,
+    )
+    assert all(
+        a == b or (math.isnan(a) and math.isnan(b))
+        for a, b in zip(metrics["per_class"], one.metrics.per_class, strict=True)
+    )
     # Only rank 0 writes: one row per step and per epoch, the same columns as the 1-process run.
     steps = _rows(root / "two" / "steps.csv")
     assert [int(r["step"]) for r in steps] == list(range(1, 9))
@@ -113,7 +131,9 @@ def test_a_stalled_or_dead_rank_ends_the_run_with_an_error(tmp_path: Path, kind:
     # collective until dist_timeout_s (3 s) runs out, raises, and torchrun stops the run with an error.
     train(tiny_config(tmp_path, "warm", **{"optim.epochs": 1, "run.max_steps": 1}))  # generate the data here
     started = time.monotonic()
-    process = _torchrun(tmp_path, "run", {"run.dist_timeout_s": 3.0}, fault={"rank": 1, "after": 4, "kind": kind})
+    process = _torchrun(
+        tmp_path, "run", {"run.dist_timeout_s": 3.0}, fault={"rank": 1, "after": 4, "kind": kind}
+    )
     elapsed = time.monotonic() - started
     output = process.stdout + process.stderr
     assert process.returncode != 0, output[-3000:]

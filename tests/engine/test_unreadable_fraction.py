@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from train_engine import train
 
 from chunkformer.data import MotionDatasetSpec, ensure_motion_dataset, read_video_list
-from tests.recipes.tiny_run import tiny_config
+from chunkformer.engine import train
+from tests.engine.tiny_run import tiny_config
 
 
 def _run_with_broken_videos(tmp_path: Path, broken: int, out: str):

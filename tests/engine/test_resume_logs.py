@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import train_engine
-from train_checkpoint import load_training_state
-from train_engine import train
 
-from tests.recipes.tiny_run import tiny_config
+import chunkformer.engine.loop as loop
+from chunkformer.engine import load_training_state, train
+from tests.engine.tiny_run import tiny_config
 
 # Columns that measure time, which no two runs share.
 WALL_CLOCK = {"data_wait_share", "clips_per_s", "seconds"}
@@ -70,7 +69,7 @@ def test_resumed_at_a_step_gives_the_same_run(tmp_path: Path, uninterrupted: Pat
 def test_killed_during_evaluation_resumes_to_the_same_run(
     tmp_path: Path, uninterrupted: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = train_engine.evaluate
+    real = loop.evaluate
     calls = [0]
 
     def dies_in_the_second_evaluation(*args, **kwargs):
@@ -79,11 +78,11 @@ def test_killed_during_evaluation_resumes_to_the_same_run(
             raise KeyboardInterrupt("killed during evaluation")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_engine, "evaluate", dies_in_the_second_evaluation)
+    monkeypatch.setattr(loop, "evaluate", dies_in_the_second_evaluation)
     with pytest.raises(KeyboardInterrupt):
         train(_config(tmp_path, "split"))
     # Killed at the end of epoch 2 (step 8): its steps were logged, its checkpoint not written.
     assert int(_rows(tmp_path / "split" / "steps.csv")[-1]["step"]) == 8
-    monkeypatch.setattr(train_engine, "evaluate", real)
+    monkeypatch.setattr(loop, "evaluate", real)
     train(_config(tmp_path, "split", resume=True))
     _assert_same_run(tmp_path / "split", uninterrupted)

@@ -1,6 +1,6 @@
 """A tiny training run on generated motion videos, in-process or as a ``torchrun`` script.
 
-``python -m torch.distributed.run --standalone --nproc-per-node 2 tests/recipes/tiny_run.py SPEC`` where
+``python -m torch.distributed.run --standalone --nproc-per-node 2 tests/engine/tiny_run.py SPEC`` where
 ``SPEC`` is JSON: ``{"root": ..., "out": ..., "overrides": {"optim.lr": 0.05, ...}, "fault": ...}``.
 Rank 0 writes ``result.json`` (loss sequence and final metrics) to the run's ``out_dir``. ``fault``
 ``{"rank": 1, "after": 4, "kind": "stall" | "die"}`` makes that rank stall (sleep) or die (``os._exit``)
@@ -16,9 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
-
-from train_config import TrainConfig, preset  # noqa: E402
+from chunkformer.engine import TrainConfig, preset
 
 
 def tiny_config(root: str | Path, out: str, **overrides: Any) -> TrainConfig:
@@ -30,7 +28,6 @@ def tiny_config(root: str | Path, out: str, **overrides: Any) -> TrainConfig:
     config.data.motion_frames, config.data.motion_size = 10, 16
     config.data.crop_size, config.data.num_frames = 16, 4
     config.data.num_workers, config.data.temporal_views, config.data.spatial_crops = 0, 2, 1
-    config.model.import_module = "sct_tiny"
     config.optim.epochs, config.optim.batch_size = 2, 4
     config.run.out_dir = str(Path(root) / out)
     config.run.threads = 1
@@ -64,7 +61,7 @@ def _inject_fault(fault: dict[str, Any]) -> None:
 def main(spec: dict[str, Any]) -> None:
     import torch
 
-    from train_engine import train
+    from chunkformer.engine import train
 
     torch.set_num_threads(1)
     if spec.get("fault"):
@@ -74,9 +71,14 @@ def main(spec: dict[str, Any]) -> None:
         metrics = result.metrics
         summary = {
             "step_losses": result.step_losses,
-            "metrics": None if metrics is None else {
-                "top1": metrics.top1, "top5": metrics.top5, "per_class": metrics.per_class,
-                "mean_class": metrics.mean_class, "num_videos": metrics.num_videos,
+            "metrics": None
+            if metrics is None
+            else {
+                "top1": metrics.top1,
+                "top5": metrics.top5,
+                "per_class": metrics.per_class,
+                "mean_class": metrics.mean_class,
+                "num_videos": metrics.num_videos,
                 "num_unreadable": metrics.num_unreadable,
             },
         }
