@@ -43,12 +43,12 @@ def sample_seed(seed: int, epoch: int, index: int, attempt: int = 0) -> int:
 
 
 class ClipDataset(Dataset):
-    """Training clips from a :class:`~chunkformer.data.video_list.VideoList`.
+    """Training clips from a ``VideoList``.
 
-    Indexing takes ``(index, epoch)`` (what :class:`~chunkformer.data.sampler.ResumableSampler` yields) or a
-    plain ``index`` (epoch 0). An unreadable video (see :mod:`chunkformer.data.video_io`) is replaced by
+    Indexing takes ``(index, epoch)`` (what ``ResumableSampler`` yields) or a
+    plain ``index`` (epoch 0). An unreadable video (see ``chunkformer.data.video_io``) is replaced by
     another video drawn from the sample's generator, and reported in the sample's ``failures``; after
-    ``max_attempts`` unreadable videos in a row the sample raises :class:`TooManyUnreadableError`.
+    ``max_attempts`` unreadable videos in a row the sample raises ``TooManyUnreadableError``.
 
     Args:
         videos: the validated list.
@@ -58,12 +58,12 @@ class ClipDataset(Dataset):
         flip_label_map: label of a flipped clip, per label (for data whose classes mirror, e.g. motion to
             the left vs right); None keeps labels.
         decode_time_limit: seconds the probe and the decode of a video may each take before it counts as
-            unreadable (a call hung inside FFmpeg is cut off too; see :mod:`chunkformer.data.video_io`).
+            unreadable (a call hung inside FFmpeg is cut off too; see ``chunkformer.data.video_io``).
         max_attempts: videos tried per sample before giving up.
         short_side: shrink decoded frames in FFmpeg so their shorter side is this long before the transform
             (e.g. 256 for a 224 crop: much less work than converting and cropping full-size frames); frames
             already smaller are kept. None (default) decodes at the source size. See
-            :func:`~chunkformer.data.video_io.decode_frames`.
+            ``decode_frames``.
 
     Shape:
         - sample["video"]: (C, T, crop, crop) float32; sample["label"]: int

@@ -6,7 +6,7 @@ add others (``is_cc``), and labels with commas are quoted (``"passing American f
 ``split`` is not used: each official file holds one split.
 
 Each row is one clip; the common downloaders name it ``<youtube_id>_<time_start:06d>_<time_end:06d>.mp4``
-(any of :data:`~chunkformer.data.video_list.VIDEO_EXTENSIONS` is accepted, and so is a bare
+(any of ``VIDEO_EXTENSIONS`` is accepted, and so is a bare
 ``<youtube_id>.<ext>``). The clips are looked up anywhere under ``root``: flat, in class folders
 (``<root>/<label>/``, or the label with spaces replaced by underscores), or in split folders above those.
 Clips that were never downloaded (YouTube videos disappear) are errors naming them, or with

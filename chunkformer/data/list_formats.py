@@ -28,8 +28,9 @@ from chunkformer.data.video_list import VideoList, VideoListError, _split_path_l
 __all__ = ["LIST_FORMATS", "ListFormat", "detect_list_format", "read_videos"]
 
 ListFormat = Literal["auto", "list", "kinetics_csv", "ucf101", "hmdb51"]
-"""A format name for :func:`read_videos`."""
+"""A format name for ``read_videos``."""
 LIST_FORMATS: tuple[str, ...] = get_args(ListFormat)
+"""The values ``format`` accepts: ``auto`` and the four formats, in that order."""
 _CHOOSE = (
     "pass format= one of 'list' (path label lines), 'kinetics_csv' (official Kinetics annotations), "
     "'ucf101' (trainlist0N/testlist0N.txt with classInd.txt), "
@@ -117,7 +118,7 @@ def read_videos(
     Args:
         path: a ``path label`` list, a Kinetics annotation CSV, a UCF101 split file or ``ucfTrainTestlist/``
             folder, or an HMDB51 splits folder.
-        format: one of ``LIST_FORMATS``; ``auto`` detects it (see :func:`detect_list_format`).
+        format: one of ``LIST_FORMATS``; ``auto`` detects it (see ``detect_list_format``).
         split: UCF101/HMDB51 split number 1-3 (default 1; a UCF101 file names its own). Other formats
             have no splits: passing one is an error.
         subset: UCF101 folder / HMDB51: ``train`` or ``test``. A UCF101 file says which it is; the other

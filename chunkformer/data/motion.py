@@ -11,7 +11,7 @@ under every class: a model must compare frames to beat chance. Two variants:
   velocity drawn from the same 16 motions, so the motion of "a shape" says little: a model must follow
   the target from frame to frame. More noise, smaller shapes.
 
-Horizontal flip mirrors "right" and "left": the dataset's :data:`MOTION_FLIP_LABEL_MAP` remaps the label of
+Horizontal flip mirrors "right" and "left": the dataset's ``MOTION_FLIP_LABEL_MAP`` remaps the label of
 a flipped clip (right <-> left, same speed), so flip augmentation stays on and labels stay right.
 
 Files are written with PyAV (MPEG-4 part 2 in mp4, near-lossless), so training reads

@@ -13,9 +13,9 @@ __all__ = ["ResumableSampler"]
 class ResumableSampler(Sampler[tuple[int, int]]):
     """Shuffled indices, a new permutation per epoch, split across ranks, resumable mid-epoch.
 
-    Like :class:`torch.utils.data.DistributedSampler` (per-epoch seeding with ``seed + epoch``, padding by
+    Like ``torch.utils.data.DistributedSampler`` (per-epoch seeding with ``seed + epoch``, padding by
     wrapping so every rank gets the same count, rank ``r`` taking positions ``r, r + world, ...``), plus:
-    it yields ``(index, epoch)`` so the dataset can seed each sample from them, and :meth:`set_start`
+    it yields ``(index, epoch)`` so the dataset can seed each sample from them, and ``set_start``
     skips the first samples of this rank's share, which is how a resumed run continues mid-epoch.
     With ``world_size=1`` and global batch ``B`` the first step sees the same videos as ranks ``0..W-1``
     with per-rank batch ``B / W`` together.

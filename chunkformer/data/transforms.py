@@ -115,7 +115,7 @@ def random_resized_crop(
 def _random_window(
     clip: torch.Tensor, generator: torch.Generator, scale: tuple[float, float], ratio: tuple[float, float]
 ) -> torch.Tensor:
-    """The window of :func:`random_resized_crop`, before resizing (a view of ``clip``, any dtype)."""
+    """The window of ``random_resized_crop``, before resizing (a view of ``clip``, any dtype)."""
     height, width = clip.shape[-2:]
     area = height * width
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))

@@ -1,18 +1,18 @@
 """Reading video files with PyAV: probing the frame count and decoding a set of frame indices.
 
 Every failure (missing file, no video stream, undecodable bytes, too few frames, a decode that runs past
-its time limit) is raised as :class:`VideoDecodeError` with the path and a short reason, so datasets can
+its time limit) is raised as ``VideoDecodeError`` with the path and a short reason, so datasets can
 apply one policy to all of them.
 
-Time limits: with ``time_limit`` set, :func:`probe_video` and :func:`decode_frames` run in a helper thread
+Time limits: with ``time_limit`` set, ``probe_video`` and ``decode_frames`` run in a helper thread
 and the caller waits at most ``time_limit`` seconds. This cuts off a call that hangs *inside* FFmpeg (a
 stalled network or FUSE read, a demuxer that never returns): PyAV releases the GIL around its blocking
 FFmpeg calls (open, read, seek, send/receive), so the caller gets control back and raises
-:class:`VideoDecodeError`. The stuck thread cannot be killed; it is abandoned (a daemon thread), and later
+``VideoDecodeError``. The stuck thread cannot be killed; it is abandoned (a daemon thread), and later
 calls on the same file fail at once while it is still stuck, so a file that hangs for good costs one thread
 per process. A decode that is slow but progressing also checks the limit after every frame and stops.
 
-Frame indices and the work done for a clip (:func:`decode_frames`):
+Frame indices and the work done for a clip (``decode_frames``):
 
 * Frame ``i`` is the ``i``-th frame a full decode from the start yields (presentation order).
 * The decoder starts at the keyframe at or before the clip's first frame and stops after its last. Which
@@ -59,7 +59,7 @@ class VideoDecodeError(RuntimeError):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What :func:`probe_video` learns from the container header.
+    """What ``probe_video`` learns from the container header.
 
     Attributes:
         num_frames: frames of the first video stream (counted by decoding when the header has no count).
@@ -207,7 +207,7 @@ _FULL_CHROMA = {
 
 def _shrunk_size(height: int, width: int, short_side: int | None) -> tuple[int, int]:
     """The frame size after shrinking the shorter side to ``short_side`` (rounded as
-    :func:`~chunkformer.data.transforms.resize_short_side` does); frames already at or below it are kept."""
+    ``resize_short_side`` does); frames already at or below it are kept."""
     if short_side is None or min(height, width) <= short_side:
         return height, width
     if height <= width:
@@ -268,7 +268,7 @@ def _grid_timeline(stream, last: int) -> _Grid | None:
 
 
 class _ClipDecoder:
-    """One :func:`decode_frames` call: the wanted frames, where they go, and the two ways to find them."""
+    """One ``decode_frames`` call: the wanted frames, where they go, and the two ways to find them."""
 
     def __init__(
         self, path: str | Path, wanted: list[int], short_side: int | None, deadline: float | None,
@@ -448,7 +448,7 @@ def decode_frames(
         path: the video file.
         indices: frame indices; need not be sorted or unique.
         time_limit: seconds the caller waits for the whole call (open, seek, decode) before it raises
-            :class:`VideoDecodeError`, also when FFmpeg itself hangs (see the module notes); None waits
+            ``VideoDecodeError``, also when FFmpeg itself hangs (see the module notes); None waits
             as long as it takes.
         short_side: shrink the frames in FFmpeg so that their shorter side is this long (aspect kept,
             bilinear, antialiased), e.g. 256 for a 224 training crop: cheaper than converting full-size

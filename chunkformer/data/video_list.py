@@ -6,11 +6,11 @@ by whitespace or by a comma, whatever the file's extension (PySlowFast's ``train
 space). Paths may contain spaces: the label is the last field. The label is an integer class index, or a
 class name when a classes file (one name per line, line order = index) is given. Blank lines and lines
 starting with ``#`` are skipped. A missing file, an unknown label or a malformed line is an error naming
-the line; with ``drop_invalid=True`` such lines are dropped instead and listed in :attr:`VideoList.dropped`.
+the line; with ``drop_invalid=True`` such lines are dropped instead and listed in ``VideoList.dropped``.
 
 The published split files of Kinetics, UCF101 and HMDB51 have readers of their own
-(:mod:`chunkformer.data.kinetics_csv`, :mod:`chunkformer.data.ucf101`, :mod:`chunkformer.data.hmdb51`);
-:func:`chunkformer.data.list_formats.read_videos` picks one.
+(``chunkformer.data.kinetics_csv``, ``chunkformer.data.ucf101``, ``chunkformer.data.hmdb51``);
+``chunkformer.data.list_formats.read_videos`` picks one.
 """
 
 from __future__ import annotations
