@@ -24,7 +24,7 @@ class PeakRSS:
     """Samples this process's resident memory every half millisecond; ``peak_mb`` is the growth of the
     peak over the resident memory at entry (ru_maxrss cannot tell a run's peak from an earlier one)."""
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         import threading
 
         self._page = os.sysconf("SC_PAGE_SIZE")

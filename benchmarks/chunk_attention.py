@@ -82,10 +82,15 @@ def main(argv: list[str] | None = None) -> str:
 
     with torch.no_grad():
         torch.testing.assert_close(
-            cases["ours: ChunkAttention"]().flatten(), rearrange(
+            cases["ours: ChunkAttention"]().flatten(),
+            rearrange(
                 _projected_sdpa(layer, windows),
                 "(b t nh nw) (wh ww) c -> (b t nh wh nw ww c)",
-                b=1, t=args.frames, nh=args.grid // chunk, wh=chunk, ww=chunk,
+                b=1,
+                t=args.frames,
+                nh=args.grid // chunk,
+                wh=chunk,
+                ww=chunk,
             ),
         )
 
@@ -107,7 +112,8 @@ def main(argv: list[str] | None = None) -> str:
     command = "python benchmarks/chunk_attention.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
         f"Machine: {cpu_name()}, {args.threads} threads; torch {torch.__version__}; "
-        f"{args.frames} frames of {args.grid}x{args.grid} tokens, C={dim}, {heads} heads, chunk {chunk}, fp32; "
+        f"{args.frames} frames of {args.grid}x{args.grid} tokens, C={dim}, {heads} heads, chunk {chunk}, "
+        "fp32; "
         f"median of {args.repeats} after {args.warmup} warm-up rounds",
         f"Command: `{command.strip()}`",
         "",
@@ -118,7 +124,8 @@ def main(argv: list[str] | None = None) -> str:
         forward = statistics.median(timings[(name, False)])
         both = statistics.median(timings[(name, True)])
         lines.append(
-            f"| {name} | {forward * 1e3:.1f} | {both * 1e3:.1f} | {forward / ours_fwd:.2f}x | {both / ours_both:.2f}x |"
+            f"| {name} | {forward * 1e3:.1f} | {both * 1e3:.1f} | {forward / ours_fwd:.2f}x | "
+            f"{both / ours_both:.2f}x |"
         )
     table = "\n".join(lines)
     write_outputs(table, args.markdown_out, None, None)

@@ -10,9 +10,9 @@ Every clip is ``--frames`` frames ``--stride`` apart (24 x 4: a span of 93 frame
 
 * ``(a) decode_frames``: ``decode_frames(path, indices)``, frames at the source size.
 * ``(b) decode_frames, short side``: the same with ``short_side=--short-side`` (256 for a 224 crop).
-* ``(c) training sample, short side``: ``ClipDataset(..., short_side=--short-side)[(0, epoch)]``: clip sampling,
-  decoding (in the time-limit thread, 20 s as in the recipes), ``TrainTransform(--crop)`` (random resized crop,
-  flip, normalisation) to a float clip.
+* ``(c) training sample, short side``: ``ClipDataset(..., short_side=--short-side)[(0, epoch)]``: clip
+  sampling, decoding (in the time-limit thread, 20 s as in the recipes), ``TrainTransform(--crop)`` (random
+  resized crop, flip, normalisation) to a float clip.
 * ``(c0) training sample, full size``: the same without ``short_side`` (frames at the source size).
 * ``(d) plain PyAV``: open, decoder on one thread, seek to the keyframe at or before the start, ``for frame in
   container.decode(video=0)``, ``frame.to_ndarray(format="rgb24")`` for every frame of the span, stop after
@@ -23,8 +23,8 @@ One process, ``torch.set_num_threads(1)``. Per video the variants are interleave
 variant once, in an order rotated per round) after ``--warmup`` rounds, and the table gives medians over the
 rounds, so drifts in the load of a shared machine hit every variant alike. Clips/s is 1 / the median wall time
 of a clip; the CPU columns divide by the process's CPU time instead (all its threads), which is what a core
-delivers and is less sensitive to other jobs on the machine. Before timing, (a) is checked to equal (d) byte for
-byte on the first clip.
+delivers and is less sensitive to other jobs on the machine. Before timing, (a) is checked to equal (d) byte
+for byte on the first clip.
 
 Usage::
 
@@ -262,10 +262,11 @@ def main(argv: list[str] | None = None) -> str:
     )
     note = f"; {args.note}" if args.note else ""
     machine = (
-        f"Machine: {cpu_name()}, 1 thread (torch.set_num_threads(1), one process){note}; torch {torch.__version__}, "
-        f"PyAV {av.__version__}, FFmpeg {getattr(av, 'ffmpeg_version_info', '?')}; {count} frames at 30 fps per "
-        f"video; clips of {args.frames} frames, stride {args.stride}; short side {args.short_side}, crop {args.crop}; "
-        f"median of {args.repeats} interleaved rounds after {args.warmup} warm-up rounds"
+        f"Machine: {cpu_name()}, 1 thread (torch.set_num_threads(1), one process){note}; "
+        f"torch {torch.__version__}, PyAV {av.__version__}, "
+        f"FFmpeg {getattr(av, 'ffmpeg_version_info', '?')}; {count} frames at 30 fps per video; "
+        f"clips of {args.frames} frames, stride {args.stride}; short side {args.short_side}, "
+        f"crop {args.crop}; median of {args.repeats} interleaved rounds after {args.warmup} warm-up rounds"
     )
 
     def ratio_table(title: str, key: str) -> list[str]:

@@ -112,8 +112,18 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.models:
         for precision in args.precisions:
             command = [
-                sys.executable, __file__, "--cell", f"{name}:{precision}", "--frames", str(args.frames),
-                "--img-size", str(args.img_size), "--repeats", str(args.repeats), "--threads", str(args.threads),
+                sys.executable,
+                __file__,
+                "--cell",
+                f"{name}:{precision}",
+                "--frames",
+                str(args.frames),
+                "--img-size",
+                str(args.img_size),
+                "--repeats",
+                str(args.repeats),
+                "--threads",
+                str(args.threads),
             ]
             try:
                 done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
@@ -132,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.img_size}.",
         f"Command: `python benchmarks/models.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
         "",
-        "| model | precision | params | all GMACs | forward (s) | fwd+bwd (s) | peak MB (fwd+bwd) | share of fp32 peak (fwd / fwd+bwd) |",
+        "| model | precision | params | all GMACs | forward (s) | fwd+bwd (s) | peak MB (fwd+bwd) "
+        "| share of fp32 peak (fwd / fwd+bwd) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
@@ -144,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
         share_both = 3 * flops / row["fwd_bwd_s"] / (peak * 1e9)
         lines.append(
             f"| {row['model']} | {row['precision']} | {row['params_m']:.2f}M | {row['gmacs']:.1f} | "
-            f"{row['forward_s']:.3f} | {row['fwd_bwd_s']:.3f} | {row['peak_mb']:.0f} | {share_fwd:.0%} / {share_both:.0%} |"
+            f"{row['forward_s']:.3f} | {row['fwd_bwd_s']:.3f} | {row['peak_mb']:.0f} | "
+            f"{share_fwd:.0%} / {share_both:.0%} |"
         )
     write_outputs("\n".join(lines), args.markdown_out, args.json_out, {"peak_gflops": peak, "rows": rows})
 

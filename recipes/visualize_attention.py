@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="sct_s")
     parser.add_argument("--checkpoint", default=None, help="weights for --model (random when omitted)")
-    parser.add_argument("--clip", default=None, help="a torch file holding a (3, T, H, W) or (1, 3, T, H, W) clip in [0, 1]")
+    parser.add_argument(
+        "--clip", default=None, help="a torch file holding a (3, T, H, W) or (1, 3, T, H, W) clip in [0, 1]"
+    )
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--out", default="attention_maps")

@@ -43,11 +43,11 @@ def _reference_scores(logits: list[list[list[float]]]) -> list[list[float]]:
 
 def _reference_metrics(scores: list[list[float]], labels: list[int], num_classes: int) -> dict[str, object]:
     ranked = [sorted(range(len(s)), key=lambda k: -s[k]) for s in scores]
-    hit1 = [r[0] == y for r, y in zip(ranked, labels)]
-    hit5 = [y in r[:5] for r, y in zip(ranked, labels)]
+    hit1 = [r[0] == y for r, y in zip(ranked, labels, strict=True)]
+    hit5 = [y in r[:5] for r, y in zip(ranked, labels, strict=True)]
     per_class = []
     for c in range(num_classes):
-        mine = [h for h, y in zip(hit1, labels) if y == c]
+        mine = [h for h, y in zip(hit1, labels, strict=True) if y == c]
         per_class.append(sum(mine) / len(mine) if mine else float("nan"))
     present = [a for a in per_class if not math.isnan(a)]
     return {
@@ -151,8 +151,8 @@ def test_engine_evaluation_matches_the_reference_and_excludes_unreadable_videos(
     ranked = [sorted(range(num_classes), key=lambda k: -s[k]) for s in scores]
     # Labels chosen so each metric is non-trivial: right at top-1, right only within top-5, wrong.
     where = [0, 0, 2, 0, 7, 3]  # rank of the label among each readable video's scores
-    labels = [r[w] for r, w in zip(ranked, where)]
-    label_of = dict(zip(readable, labels))
+    labels = [r[w] for r, w in zip(ranked, where, strict=True)]
+    label_of = dict(zip(readable, labels, strict=True))
     videos = VideoList(
         [VideoRecord(p, label_of.get(i, 0)) for i, p in enumerate(paths)],
         [str(c) for c in range(num_classes)],

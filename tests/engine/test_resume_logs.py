@@ -1,5 +1,5 @@
-"""A run interrupted anywhere and resumed ends with the same weights, optimizer state, best checkpoint and logs
-as an uninterrupted one (wall-clock columns aside)."""
+"""A run interrupted anywhere and resumed ends with the same weights, optimizer state, best checkpoint and
+logs as an uninterrupted one (wall-clock columns aside)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def _assert_same_run(out: Path, reference: Path) -> None:
     for key, value in want["model"].items():
         assert torch.equal(got["model"][key], value), f"weight {key} differs"
     for (key, state), (_, expected) in zip(
-        got["optimizer"]["state"].items(), want["optimizer"]["state"].items()
+        got["optimizer"]["state"].items(), want["optimizer"]["state"].items(), strict=True
     ):
         for name, tensor in expected.items():
             assert torch.equal(state[name], tensor), f"optimizer state {key}.{name} differs"

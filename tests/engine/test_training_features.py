@@ -82,7 +82,8 @@ def test_gradient_clipping_bounds_the_first_step(tmp_path: Path) -> None:
     clip = 1e-3
     # The step is measured as the difference of float32 weights, whose rounding adds about 8e-7 in norm (in
     # quadrature) at this model's size: lr 1 makes the step (about 2.5e-4) large enough for that to vanish.
-    # (Measured with sct_tiny's 0.13M parameters: the step read 0.107 % too long at lr 0.05, 0.0025 % at lr 1.)
+    # (Measured with sct_tiny's 0.13M parameters: the step read 0.107 % too long at lr 0.05, 0.0025 % at
+    # lr 1.)
     sgd = {**_PLAIN_SGD, "optim.lr": 1.0}
     clipped = train(tiny_config(tmp_path, "clipped", **sgd, **{"run.max_steps": 1, "optim.grad_clip": clip}))
     free = train(tiny_config(tmp_path, "free", **sgd, **{"run.max_steps": 1, "optim.grad_clip": 0.0}))
