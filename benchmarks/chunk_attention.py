@@ -21,7 +21,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -29,12 +28,10 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _common import cpu_name, write_outputs
 from einops import rearrange
 
 from chunkformer.layers import ChunkAttention
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import cpu_name, write_outputs  # noqa: E402
 
 
 def _projected_sdpa(layer: ChunkAttention, tokens: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
+from _common import cpu_name, write_outputs
 
 from chunkformer.data import (
     ClipDataset,
@@ -56,9 +57,6 @@ from chunkformer.data import (
     probe_video,
 )
 from chunkformer.data.clip_dataset import sample_seed
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import cpu_name, write_outputs
 
 CODECS = {"h264": "libx264", "mpeg4": "mpeg4"}
 

@@ -28,8 +28,7 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import PeakRSS, cpu_name, matmul_peak_gflops, write_outputs  # noqa: E402
+from _common import PeakRSS, cpu_name, matmul_peak_gflops, write_outputs
 
 MODELS = ("sct_s", "sct_m", "sct_l", "vit_b16_sct")
 PRECISIONS = ("fp32", "bf16")
