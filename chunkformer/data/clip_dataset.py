@@ -36,7 +36,9 @@ class SampleFailure:
 
 def sample_seed(seed: int, epoch: int, index: int, attempt: int = 0) -> int:
     """A 63-bit seed for one sample draw; distinct inputs give unrelated seeds (splitmix64 mixing)."""
-    value = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB + attempt) & (2**64 - 1)
+    value = (
+        seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB + attempt
+    ) & (2**64 - 1)
     for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
         value = ((value ^ (value >> shift)) * mult) & (2**64 - 1)
     return (value ^ (value >> 31)) & (2**63 - 1)
@@ -90,14 +92,16 @@ class ClipDataset(Dataset):
         self.decode_time_limit = decode_time_limit
         self.max_attempts = max_attempts
         if short_side is not None and short_side < 1:
-            raise ValueError(f"ClipDataset: short_side must be a positive number of pixels or None, got {short_side}")
+            raise ValueError(
+                f"ClipDataset: short_side must be a positive number of pixels or None, got {short_side}"
+            )
         self.short_side = short_side
         self._info: dict[int, VideoInfo] = {}  # per worker: probing costs a file open
 
     def __len__(self) -> int:
         return len(self.videos)
 
-    def _load(self, index: int, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+    def _load(self, index: int, generator: torch.Generator) -> tuple[torch.Tensor, int, bool]:
         record = self.videos.records[index]
         info = self._info.get(index)
         if info is None:
@@ -111,7 +115,7 @@ class ClipDataset(Dataset):
         label = record.label
         if flipped and self.flip_label_map is not None:
             label = self.flip_label_map[label]
-        return clip, label
+        return clip, label, self.sampler.is_short(info.num_frames, info.fps)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, epoch = (key, 0) if isinstance(key, int) else (int(key[0]), int(key[1]))
@@ -120,12 +124,14 @@ class ClipDataset(Dataset):
         for attempt in range(self.max_attempts):
             generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index, attempt))
             try:
-                clip, label = self._load(current, generator)
+                clip, label, short = self._load(current, generator)
             except VideoDecodeError as error:
                 failures.append(SampleFailure(current, self.videos.records[current].path, error.reason))
                 current = int(torch.randint(len(self), (), generator=generator))
                 continue
-            return {"video": clip, "label": label, "index": current, "failures": failures}
+            path = self.videos.records[current].path
+            return {"video": clip, "label": label, "index": current, "failures": failures, "short": short,
+                    "path": path}  # fmt: skip
         names = "; ".join(f"{f.path} ({f.reason})" for f in failures)
         raise TooManyUnreadableError(
             f"{self.max_attempts} unreadable videos in a row while building sample {index}: {names}. "
@@ -134,7 +140,8 @@ class ClipDataset(Dataset):
 
 
 def collate_clips(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack clips and labels; gather the failures of all samples.
+    """Stack clips and labels; gather the failures of all samples and the paths of the short videos
+    (whose clips ran past their end, see ``ClipSampler.short_videos``).
 
     Shape:
         - return["video"]: (B, C, T, H, W); return["label"]: (B,) int64
@@ -144,4 +151,5 @@ def collate_clips(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
         "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
         "failures": [f for s in samples for f in s["failures"]],
+        "short": [s["path"] for s in samples if s.get("short")],
     }

@@ -67,22 +67,21 @@ class MultiViewDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.videos.records[index]
-        sample: dict[str, Any] = {"index": index, "label": record.label, "path": record.path, "error": None}
+        sample: dict[str, Any] = {
+            "index": index, "label": record.label, "path": record.path, "error": None, "short": False
+        }  # fmt: skip
         try:
             info = probe_video(record.path, self.decode_time_limit)
             try:
                 clips = self.sampler.view_indices(info.num_frames, self.temporal_views, info.fps)
+                sample["short"] = self.sampler.is_short(info.num_frames, info.fps)
             except TooFewFramesError as error:
                 raise VideoDecodeError(record.path, str(error)) from error
             # One decode covering all views: they overlap on short videos, and seeking per view costs more.
             needed = sorted({i for clip in clips for i in clip})
             frames = decode_frames(record.path, needed, self.decode_time_limit, short_side=self.short_side)
             position = {frame: row for row, frame in enumerate(needed)}
-            views = [
-                crop
-                for clip in clips
-                for crop in self.transform(frames[[position[i] for i in clip]])
-            ]
+            views = [crop for clip in clips for crop in self.transform(frames[[position[i] for i in clip]])]
         except VideoDecodeError as error:
             sample["error"] = error.reason
             return sample
@@ -103,4 +102,5 @@ def collate_views(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "label": torch.tensor([s["label"] for s in good], dtype=torch.long),
         "index": torch.tensor([s["index"] for s in good], dtype=torch.long),
         "failures": [(s["index"], s["path"], s["error"]) for s in samples if s["error"] is not None],
+        "short": [s["path"] for s in good if s["short"]],
     }

@@ -47,6 +47,7 @@ from chunkformer.models import create_model, list_models
 
 __all__ = [
     "autocast_dtype",
+    "short_videos_message",
     "build_model",
     "build_optimizer",
     "build_scheduler",
@@ -144,10 +145,21 @@ def video_lists(config: TrainConfig, ctx: DistContext) -> tuple[VideoList, Video
 
 def clip_sampler(config: TrainConfig) -> ClipSampler:
     """Frame indices of a clip: ``data.num_frames`` frames ``data.frame_stride`` apart (at
-    ``data.frame_rate`` when ``data.resample``)."""
+    ``data.frame_rate`` when ``data.resample``), clamped or looped past a short video's end."""
     data = config.data
     fps = data.frame_rate if data.resample and data.frame_rate > 0 else None
-    return ClipSampler(data.num_frames, data.frame_stride, fps)
+    return ClipSampler(data.num_frames, data.frame_stride, fps, short_videos=data.short_videos)
+
+
+def short_videos_message(config: TrainConfig, where: str, short: int, total: int) -> str:
+    """The log line saying how many videos were shorter than a clip and what their clips are made of."""
+    data = config.data
+    what = "repeat their last frame" if data.short_videos == "clamp" else "start over from their first frame"
+    other = "loop" if data.short_videos == "clamp" else "clamp"
+    return (
+        f"{where}: {short} of {total} videos are shorter than a clip ({data.num_frames} frames, stride "
+        f"{data.frame_stride}): their clips {what} (--data.short-videos {data.short_videos}; or {other})"
+    )
 
 
 def train_dataset(config: TrainConfig, videos: VideoList) -> ClipDataset:

@@ -46,6 +46,9 @@ class DataConfig:
         data_root: where the motion data is generated (default ``~/.cache/chunkformer/motion-v1``).
         num_frames: T, frames per clip (paper: 24).
         frame_stride: distance between clip frames (Table 2's stride).
+        short_videos: clip frames past the end of a video shorter than a clip's span: ``clamp`` repeats
+            its last frame (PySlowFast), ``loop`` starts over from its first (mmaction2); in training and
+            evaluation alike. How many videos were short is logged once per run.
         frame_rate: Table 2's frame rate; the stride is counted at this rate when ``resample`` is set.
         resample: count the stride at ``frame_rate`` (converted with each video's own fps) instead of in
             source frames.
@@ -81,6 +84,7 @@ class DataConfig:
     data_root: str | None = None
     num_frames: int = 24
     frame_stride: int = 1
+    short_videos: Literal["clamp", "loop"] = "clamp"
     frame_rate: float = 0.0
     resample: bool = False
     crop_size: int = 224

@@ -15,7 +15,7 @@ from chunkformer.data import (
     collate_views,
     multiview_scores,
 )
-from chunkformer.engine.builders import clip_sampler
+from chunkformer.engine.builders import clip_sampler, short_videos_message
 from chunkformer.engine.config import TrainConfig
 from chunkformer.engine.distributed import DistContext, gather_objects
 from chunkformer.engine.logs import log, progress_bar
@@ -30,13 +30,15 @@ def evaluate(
     ctx: DistContext,
     device: torch.device,
     amp: torch.dtype | None,
+    report_short: bool = True,
 ) -> ClassificationMetrics:
     """Multi-view top-1, top-5 and mean per-class accuracy over the readable videos of ``videos``.
 
     Every rank calls it and gets the same metrics. Each video gets ``data.temporal_views`` clips x
     ``data.spatial_crops`` crops, and its score is the mean of their softmaxes; each rank scores every
     ``world``-th video, so each video counts once. Unreadable videos are excluded, logged and counted in
-    the metrics. The model's train/eval mode is restored afterwards; the global RNG is not used.
+    the metrics. With ``report_short``, the number of videos shorter than a clip is logged. The model's
+    train/eval mode is restored afterwards; the global RNG is not used.
 
     Shape:
         - model input: (V, 3, T, crop, crop) for V views; output: (V, num_classes)
@@ -53,11 +55,12 @@ def evaluate(
     )  # fmt: skip
     was_training = model.training
     model.eval()
-    scores, labels, failures = [], [], []
+    scores, labels, failures, short = [], [], [], []
     bar = progress_bar(len(loader), "eval", ctx)
     with torch.no_grad(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         for batch in loader:
             failures += batch["failures"]
+            short += batch["short"]
             if batch["views"] is not None:
                 views = batch["views"].to(device, non_blocking=True)
                 n, v = views.shape[:2]
@@ -73,6 +76,7 @@ def evaluate(
         torch.cat(scores) if scores else torch.zeros(0, videos.num_classes),
         torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long),
         failures,
+        short,
     )
     parts = gather_objects(local, ctx)
     all_scores = torch.cat([p[0] for p in parts])
@@ -80,4 +84,7 @@ def evaluate(
     unreadable = sorted((path, reason) for p in parts for _, path, reason in p[2])
     for path, reason in unreadable:
         log.warning(f"eval: unreadable video excluded: {path} ({reason})")
+    num_short = sum(len(p[3]) for p in parts)
+    if report_short and num_short:
+        log.info(short_videos_message(config, "eval", num_short, len(videos)))
     return classification_metrics(all_scores, all_labels, videos.num_classes, unreadable)

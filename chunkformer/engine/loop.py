@@ -28,6 +28,7 @@ from chunkformer.engine.builders import (
     build_optimizer,
     build_scheduler,
     select_device,
+    short_videos_message,
     train_dataset,
     video_lists,
 )
@@ -150,6 +151,9 @@ class TrainingRun:
     steps_per_epoch: int
     loader_generator: torch.Generator
     step_losses: list[float] = dataclasses.field(default_factory=list)
+    # Short videos are reported once per run (per process), for training and for evaluation.
+    short_videos: set[str] = dataclasses.field(default_factory=set)
+    reported: set[str] = dataclasses.field(default_factory=set)
 
     @property
     def total_steps(self) -> int:
@@ -380,6 +384,7 @@ def train_step(
         progress.failures += [(f.path, f.reason) for f in batch["failures"]]
         progress.tried += len(batch["label"]) + len(batch["failures"])
         progress.failed += len(batch["failures"])
+        run.short_videos.update(batch["short"])
         video = batch["video"].to(device, non_blocking=True)
         label = batch["label"].to(device, non_blocking=True)
         sync = micro == optim.accum_steps - 1 or ctx.world == 1
@@ -484,6 +489,11 @@ def train_one_epoch(run: TrainingRun, state: TrainState, logs: RunLogs) -> tuple
     for path, reasons in failures.items():
         log.warning(f"train: unreadable video skipped: {path} ({'; '.join(reasons)})")
     times.unreadable = len(failures)
+    if "train_short" not in run.reported:
+        run.reported.add("train_short")
+        short = set().union(*gather_objects(run.short_videos, ctx))
+        if short:
+            log.info(short_videos_message(config, "train", len(short), len(run.dataset)))
     return times, saved
 
 
@@ -509,7 +519,9 @@ def end_epoch(
     metrics = None
     is_best = False
     if state.epoch == config.optim.epochs or state.epoch % config.run.eval_every == 0:
-        metrics = evaluate(run.model, config, run.val_videos, ctx, run.device, run.amp)
+        report_short = "eval_short" not in run.reported
+        run.reported.add("eval_short")
+        metrics = evaluate(run.model, config, run.val_videos, ctx, run.device, run.amp, report_short)
         row.update(
             val_top1=metrics.top1, val_top5=metrics.top5, val_mean_class=metrics.mean_class,
             val_videos=metrics.num_videos, val_unreadable=metrics.num_unreadable,

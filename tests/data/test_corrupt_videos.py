@@ -3,9 +3,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
-
 import numpy as np
+import pytest
+import torch
 
 from chunkformer.data import (
     ClipDataset,
@@ -16,6 +16,7 @@ from chunkformer.data import (
     TrainTransform,
     VideoList,
     VideoRecord,
+    collate_clips,
     collate_views,
     read_video_list,
 )
@@ -96,9 +97,19 @@ def test_training_skips_unreadable_videos_and_names_them(corpus: VideoList) -> N
     assert not set(ODD_SIZES) & named
 
 
-def test_too_few_frames_is_unreadable_in_training(corpus: VideoList) -> None:
-    dataset = ClipDataset(corpus, ClipSampler(40, 1), TrainTransform(16), max_attempts=3)
-    with pytest.raises(TooManyUnreadableError, match="unreadable videos in a row"):
+def test_videos_shorter_than_a_clip_are_clamped_not_dropped(corpus: VideoList) -> None:
+    # 40-frame clips from videos of a few frames: the clip repeats the video's last frame.
+    dataset = ClipDataset(corpus, ClipSampler(40, 1), TrainTransform(16), max_attempts=30)
+    sample = dataset[(0, 0)]
+    assert sample["short"] and sample["video"].shape == (3, 40, 16, 16)
+    assert torch.equal(sample["video"][:, -1], sample["video"][:, -2])
+    assert collate_clips([sample])["short"] == [corpus.records[sample["index"]].path]
+
+
+def test_a_list_of_only_unreadable_videos_stops(corpus: VideoList) -> None:
+    broken = VideoList([r for r in corpus.records if Path(r.path).name in UNREADABLE], corpus.classes)
+    dataset = ClipDataset(broken, ClipSampler(4, 1), TrainTransform(16), max_attempts=3)
+    with pytest.raises(TooManyUnreadableError, match="3 unreadable videos in a row"):
         dataset[(0, 0)]
 
 

@@ -7,6 +7,7 @@ import csv
 import io
 import math
 import os
+import re
 import select
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,3 +232,17 @@ def test_decode_short_side_reaches_both_datasets_and_is_checked(
         ValueError, match=r"decode_short_side must be at least data.crop_size \(16\) or None, got 8"
     ):
         train(tiny_config(tmp_path, "bad", **{"data.decode_short_side": 8}))
+
+
+@pytest.mark.parametrize("policy", ["clamp", "loop"])
+def test_videos_shorter_than_a_clip_are_sampled_and_counted_once(tmp_path: Path, policy: str) -> None:
+    # 3-frame videos, 4-frame clips: before the short-video policy every video was "unreadable".
+    overrides = {"data.motion_frames": 3, "data.short_videos": policy, "optim.epochs": 2}
+    result = train(tiny_config(tmp_path, "run", **overrides))
+    assert len(result.step_losses) == 8 and result.metrics is not None and result.metrics.num_videos == 8
+    log = (tmp_path / "run" / "train.log").read_text()
+    other = "loop" if policy == "clamp" else "clamp"
+    setting = f"\\(4 frames, stride 1\\): their clips .* \\(--data.short-videos {policy}; or {other}\\)"
+    assert len(re.findall(f"train: 16 of 16 videos are shorter than a clip {setting}", log)) == 1
+    assert len(re.findall(f"eval: 8 of 8 videos are shorter than a clip {setting}", log)) == 1
+    assert "unreadable" not in log
