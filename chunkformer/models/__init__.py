@@ -5,7 +5,7 @@ from chunkformer.models.config import SCTConfig, StageConfig
 from chunkformer.models.loading import load_checkpoint, read_checkpoint, save_checkpoint
 from chunkformer.models.registry import create_model, list_models, register_model
 from chunkformer.models.sct import ShiftedChunkTransformer, sct_config, sct_l, sct_m, sct_s
-from chunkformer.models.sct_tiny import sct_tiny, sct_tiny_config
+from chunkformer.models.tiny import sct_tiny, sct_tiny_config
 
 __all__ = [
     "AttentionMaps",

@@ -67,4 +67,4 @@ def _import_presets() -> None:
     # The presets register themselves on import; importing here makes the registry complete even when a
     # caller imported only this module.
     import chunkformer.models.sct  # noqa: F401
-    import chunkformer.models.sct_tiny  # noqa: F401
+    import chunkformer.models.tiny  # noqa: F401

@@ -1,4 +1,4 @@
-"""``sct_tiny``: a small SCT for the built-in motion data, CPU runs and CI.
+"""The tiny SCT (``sct_tiny``): a small SCT for the built-in motion data, CPU runs and CI.
 
 One stage at width 32 (a local chunk layer, the linear pooling with its LayerNorm, two shifted MSA layers
 at width 64 with a per-frame [CLS]) and a one-block clip encoder at width 64: about 0.13M parameters, a few
