@@ -42,10 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     if config.run.eval_only or result.metrics is None:
         return
     if int(os.environ.get("RANK", "0")) == 0:
-        metrics = result.metrics
         print(
-            f"\nfinal multi-view val top-1 {100 * metrics.top1:.2f}% top-5 {100 * metrics.top5:.2f}% "
-            f"({metrics.num_videos} videos) in {result.seconds:.0f}s; outputs in {result.out_dir}"
+            f"\nfinal multi-view val {result.metrics.summary()} in {result.seconds:.0f}s; "
+            f"outputs in {result.out_dir}"
         )
 
 

@@ -60,7 +60,7 @@ from chunkformer.engine.config import (
 )
 from chunkformer.engine.dependencies import MissingDependencyError, require
 from chunkformer.engine.distributed import DistContext, init_distributed
-from chunkformer.engine.evaluation import evaluate
+from chunkformer.engine.evaluation import evaluate, write_predictions
 from chunkformer.engine.logs import RunLogs
 from chunkformer.engine.loop import (
     EpochProgress,
@@ -75,6 +75,7 @@ from chunkformer.engine.loop import (
     train,
     train_one_epoch,
     train_step,
+    write_run_description,
 )
 
 __all__ = [
@@ -118,4 +119,6 @@ __all__ = [
     "train_step",
     "video_lists",
     "warmup_cosine",
+    "write_predictions",
+    "write_run_description",
 ]

@@ -1,5 +1,5 @@
 """What a run writes: ``train.log`` (and stdout), ``steps.csv``, ``epochs.csv``, TensorBoard, a progress
-bar.
+bar. Undefined values (a top-5 with 5 classes or fewer, a loss not computed) are empty CSV cells.
 
 Only rank 0 writes; on other ranks every call does nothing. TensorBoard and tqdm are optional: without
 them the CSV files and the log are still written.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ class RunLogs:
 
     STEP_FIELDS = ("step", "epoch", "loss", "lr", "data_wait_share", "clips_per_s")
     EPOCH_FIELDS = (
-        "epoch", "step", "train_loss", "val_top1", "val_top5", "val_mean_class", "val_videos",
+        "epoch", "step", "train_loss", "val_loss", "val_top1", "val_top5", "val_mean_class", "val_videos",
         "val_unreadable", "train_unreadable", "data_wait_share", "clips_per_s", "seconds",
     )  # fmt: skip
 
@@ -56,8 +57,8 @@ class RunLogs:
         self.writer = None
         if not self.enabled:
             return
-        for name in ("steps.csv", "epochs.csv"):
-            self._truncate(out_dir / name, resume_step)
+        for name, fields in (("steps.csv", self.STEP_FIELDS), ("epochs.csv", self.EPOCH_FIELDS)):
+            self._truncate(out_dir / name, resume_step, fields)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -68,7 +69,9 @@ class RunLogs:
             )
 
     @staticmethod
-    def _truncate(path: Path, resume_step: int | None) -> None:
+    def _truncate(path: Path, resume_step: int | None, fields: tuple[str, ...]) -> None:
+        # Rows are rewritten under today's columns, so a run resumed from an older version's files gets
+        # the new columns empty instead of rows that do not match the header.
         if resume_step is None:
             path.unlink(missing_ok=True)
             return
@@ -76,12 +79,10 @@ class RunLogs:
             return
         with path.open() as file:
             rows = list(csv.DictReader(file))
-        fields = rows[0].keys() if rows else None
         with path.open("w", newline="") as file:
-            if fields:
-                writer = csv.DictWriter(file, fieldnames=list(fields))
-                writer.writeheader()
-                writer.writerows(r for r in rows if int(r["step"]) <= resume_step)
+            writer = csv.DictWriter(file, fieldnames=fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(r for r in rows if int(r["step"]) <= resume_step)
 
     def _append(self, name: str, fields: tuple[str, ...], row: dict[str, Any]) -> None:
         path = self.out_dir / name
@@ -90,7 +91,7 @@ class RunLogs:
             writer = csv.DictWriter(file, fieldnames=fields)
             if new:
                 writer.writeheader()
-            writer.writerow({k: row.get(k, "") for k in fields})
+            writer.writerow({k: _cell(row.get(k, "")) for k in fields})
 
     def step(self, row: dict[str, Any]) -> None:
         """Append one optimizer step's row (keys: :attr:`STEP_FIELDS`)."""
@@ -107,8 +108,8 @@ class RunLogs:
             return
         self._append("epochs.csv", self.EPOCH_FIELDS, row)
         if self.writer:
-            for key in ("train_loss", "val_top1", "val_top5", "val_mean_class"):
-                if row.get(key) not in (None, ""):
+            for key in ("train_loss", "val_loss", "val_top1", "val_top5", "val_mean_class"):
+                if _cell(row.get(key, "")) != "":
                     self.writer.add_scalar(f"epoch/{key}", row[key], row["step"])
             self.writer.flush()
 
@@ -116,6 +117,10 @@ class RunLogs:
         """Flush and close TensorBoard."""
         if self.writer:
             self.writer.close()
+
+
+def _cell(value: Any) -> Any:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
 def progress_bar(total: int, desc: str, ctx: DistContext) -> Any | None:

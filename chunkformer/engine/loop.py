@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -65,6 +67,7 @@ __all__ = [
     "train",
     "train_one_epoch",
     "train_step",
+    "write_run_description",
 ]
 
 # Files of a finished or running training run, besides its ckpt-*.pt files.
@@ -165,8 +168,10 @@ def train(config: TrainConfig) -> RunResult:
     """Train (or, with ``run.eval_only``, evaluate) as ``config`` says; works alone or under ``torchrun``.
 
     Refuses an ``out_dir`` that holds another run unless ``run.resume``/``run.resume_from`` (continue it) or
-    ``run.overwrite`` (replace it). Writes ``train.log``, ``steps.csv``, ``epochs.csv``, TensorBoard logs,
-    ``ckpt-<step>.pt`` (the last ``run.keep_last``), ``best.pt`` and, at the end, ``model.safetensors``.
+    ``run.overwrite`` (replace it). Writes ``config.json`` and ``classes.txt`` at the start, ``train.log``
+    (fatal errors included), ``steps.csv``, ``epochs.csv``, TensorBoard logs, ``predictions.csv`` (the last
+    evaluation's per-video predictions), ``ckpt-<step>.pt`` (the last ``run.keep_last``), ``best.pt`` and,
+    at the end, ``model.safetensors``; nothing outside ``run.out_dir``.
 
     Example::
 
@@ -191,6 +196,13 @@ def train(config: TrainConfig) -> RunResult:
         if config.run.eval_only:
             return _evaluate_checkpoint(config, ctx, device, started)
         return _train(config, ctx, device, started)
+    except BaseException as error:
+        # The traceback goes to train.log too (once logging writes there), so a run that died on a
+        # cluster says why in its own folder; the exception still propagates.
+        if any(isinstance(h, logging.FileHandler) for h in log.handlers):
+            trace = not isinstance(error, KeyboardInterrupt)
+            log.error(f"fatal: {type(error).__name__}: {error}", exc_info=trace)
+        raise
     finally:
         if ctx.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -271,8 +283,11 @@ def _evaluate_checkpoint(
     if path is None:
         raise FileNotFoundError(f"--run.eval-only: no --run.checkpoint and no checkpoint in {out_dir}")
     model.load_state_dict(read_checkpoint(path), strict=True)
-    metrics = evaluate(model, config, val_videos, ctx, device, amp)
+    predictions = out_dir / f"predictions-{path.stem}.csv"
+    metrics = evaluate(model, config, val_videos, ctx, device, amp, predictions=predictions)
     log.info(f"eval {path}: {metrics.summary()}")
+    if ctx.main:
+        log.info(f"per-video predictions: {predictions}")
     return RunResult(metrics, out_dir, path, None, [], time.monotonic() - started)
 
 
@@ -289,6 +304,8 @@ def prepare_run(config: TrainConfig, ctx: DistContext, device: torch.device) -> 
     train_videos, val_videos = video_lists(config, ctx)
     model = build_model(config, train_videos.num_classes).to(device)
     _log_model(config, ctx, device, amp, model, train_videos, val_videos)
+    if ctx.main:
+        write_run_description(out_dir, config, train_videos.classes)
     optim = config.optim
     global_batch = config.global_batch()
     per_step = ctx.world * optim.accum_steps
@@ -318,6 +335,13 @@ def prepare_run(config: TrainConfig, ctx: DistContext, device: torch.device) -> 
         # The loader's own generator keeps worker seeding off the global RNG (whose state checkpoints hold).
         loader_generator=torch.Generator().manual_seed(config.run.seed),
     )  # fmt: skip
+
+
+def write_run_description(out_dir: Path, config: TrainConfig, classes: list[str]) -> None:
+    """Write ``config.json`` (the resolved configuration, every field) and ``classes.txt`` (one class name
+    per line, in label order) into ``out_dir``, so that the folder says how its run was made."""
+    (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str) + "\n")
+    (out_dir / "classes.txt").write_text("".join(f"{name}\n" for name in classes))
 
 
 def resume(run: TrainingRun, path: Path) -> TrainState:
@@ -521,10 +545,14 @@ def end_epoch(
     if state.epoch == config.optim.epochs or state.epoch % config.run.eval_every == 0:
         report_short = "eval_short" not in run.reported
         run.reported.add("eval_short")
-        metrics = evaluate(run.model, config, run.val_videos, ctx, run.device, run.amp, report_short)
+        metrics = evaluate(
+            run.model, config, run.val_videos, ctx, run.device, run.amp, report_short,
+            predictions=run.out_dir / "predictions.csv",
+        )  # fmt: skip
         row.update(
-            val_top1=metrics.top1, val_top5=metrics.top5, val_mean_class=metrics.mean_class,
-            val_videos=metrics.num_videos, val_unreadable=metrics.num_unreadable,
+            val_loss=metrics.nll, val_top1=metrics.top1, val_top5=metrics.top5,
+            val_mean_class=metrics.mean_class, val_videos=metrics.num_videos,
+            val_unreadable=metrics.num_unreadable,
         )  # fmt: skip
         is_best = metrics.top1 > state.best
         state.best = max(state.best, metrics.top1)

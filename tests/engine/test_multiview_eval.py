@@ -52,7 +52,8 @@ def _reference_metrics(scores: list[list[float]], labels: list[int], num_classes
     present = [a for a in per_class if not math.isnan(a)]
     return {
         "top1": sum(hit1) / len(hit1),
-        "top5": sum(hit5) / len(hit5),
+        "top5": sum(hit5) / len(hit5) if num_classes > 5 else math.nan,
+        "nll": sum(-math.log(s[y]) for s, y in zip(scores, labels, strict=True)) / len(labels),
         "per_class": per_class,
         "mean_class": sum(present) / len(present),
         "num_videos": len(labels),
@@ -78,15 +79,20 @@ def test_scores_and_metrics_match_the_loop_reference(num_classes: int) -> None:
     metrics = classification_metrics(scores, labels, num_classes, [("gone.mp4", "file not found")])
     expected = _reference_metrics(reference, labels.tolist(), num_classes)
     assert (metrics.top1, metrics.top5, metrics.num_videos) == pytest.approx(
-        (expected["top1"], expected["top5"], 13)
+        (expected["top1"], expected["top5"], 13), nan_ok=True
     )
+    assert metrics.nll == pytest.approx(expected["nll"], rel=1e-5)
+    assert f"loss {expected['nll']:.4f}" in metrics.summary()
     assert math.isnan(metrics.per_class[-1]) and _same(metrics.per_class, expected["per_class"])
     assert metrics.mean_class == pytest.approx(expected["mean_class"])
     assert (
         metrics.num_unreadable == 1 and "over 13 videos (1 unreadable videos excluded)" in metrics.summary()
     )
-    if num_classes < 5:
-        assert metrics.top5 == 1.0  # top-5 of 3 classes is every class
+    # Top-5 of 3 classes would count every video: undefined, and left out of the summary.
+    assert math.isnan(metrics.top5) == (num_classes <= 5)
+    assert ("top-5" in metrics.summary()) == (num_classes > 5)
+    # Scores that are not probabilities (raw logits) have no likelihood.
+    assert math.isnan(classification_metrics(logits.mean(dim=1), labels, num_classes).nll)
 
 
 class _PixelLinear(nn.Module):
@@ -166,6 +172,7 @@ def test_engine_evaluation_matches_the_reference_and_excludes_unreadable_videos(
     assert (metrics.top1, metrics.top5) == pytest.approx((3 / 6, 5 / 6))  # by construction of the labels
     assert _same(metrics.per_class, expected["per_class"])
     assert metrics.mean_class == pytest.approx(expected["mean_class"])
+    assert metrics.nll == pytest.approx(expected["nll"], rel=1e-5)
     assert "over 6 videos (2 unreadable videos excluded)" in metrics.summary()
 
 

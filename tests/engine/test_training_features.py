@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import re
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from chunkformer.data import read_video_list
-from chunkformer.engine import DistContext, build_model, load_training_state, train
+from chunkformer.engine import DistContext, build_model, load_training_state, train, video_lists
 from chunkformer.engine.logs import progress_bar
 from tests.engine.tiny_run import tiny_config
 
@@ -29,6 +30,7 @@ EPOCH_COLUMNS = [
     "epoch",
     "step",
     "train_loss",
+    "val_loss",
     "val_top1",
     "val_top5",
     "val_mean_class",
@@ -132,6 +134,7 @@ def test_csv_and_tensorboard_logs_have_the_documented_columns(tmp_path: Path) ->
         "train/data_wait_share",
         "train/clips_per_s",
         "epoch/train_loss",
+        "epoch/val_loss",
         "epoch/val_top1",
         "epoch/val_top5",
         "epoch/val_mean_class",
@@ -140,6 +143,41 @@ def test_csv_and_tensorboard_logs_have_the_documented_columns(tmp_path: Path) ->
     assert [e.step for e in losses] == list(range(1, 9))
     assert [e.value for e in losses] == pytest.approx(result.step_losses, rel=1e-6)
     assert [e.step for e in accumulator.Scalars("epoch/val_top1")] == [4, 8]
+    assert [e.value for e in accumulator.Scalars("epoch/val_loss")] == pytest.approx(
+        [float(r["val_loss"]) for r in epochs], rel=1e-6
+    )
+    assert result.metrics is not None and float(epochs[-1]["val_loss"]) == pytest.approx(result.metrics.nll)
+
+
+def test_run_folder_describes_itself_and_predictions_match_the_metrics(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, "run")
+    result = train(config)
+    out = tmp_path / "run"
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"]["name"] == "sct_tiny" and saved["data"]["num_frames"] == config.data.num_frames
+    _, val = video_lists(config, DistContext())
+    assert val.classes[0] == "right_slow"  # the motion data's class names, not indices
+    assert (out / "classes.txt").read_text().splitlines() == val.classes
+    fields, rows = _rows(out / "predictions.csv")
+    assert fields[:3] == ["path", "label", "correct"] and fields[3:5] == ["class_1", "score_1"]
+    assert len(fields) == 3 + 2 * 5  # 8 classes: the best five
+    assert [r["path"] for r in rows] == [v.path for v in val.records]  # every video, in list order
+    assert [r["label"] for r in rows] == [val.classes[v.label] for v in val.records]
+    assert result.metrics is not None
+    assert sum(int(r["correct"]) for r in rows) / len(rows) == pytest.approx(result.metrics.top1)
+    for r in rows:
+        scores = [float(r[f"score_{i}"]) for i in range(1, 6)]
+        assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1 + 1e-5
+        assert int(r["correct"]) == (r["class_1"] == r["label"])
+
+
+def test_a_fatal_error_is_written_to_train_log(tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-such-list.txt")
+    config = tiny_config(tmp_path, "run", **{"data.kind": "list", "data.train": missing, "data.val": missing})
+    with pytest.raises(FileNotFoundError) as raised:
+        train(config)
+    text = (tmp_path / "run" / "train.log").read_text()
+    assert "fatal: FileNotFoundError" in text and "Traceback" in text and str(raised.value) in text
 
 
 class _FakeTTY(io.StringIO):
