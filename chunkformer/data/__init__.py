@@ -7,6 +7,7 @@ from chunkformer.data.clip_sampling import ClipSampler, TooFewFramesError
 from chunkformer.data.evaluation import ClassificationMetrics, classification_metrics, multiview_scores
 from chunkformer.data.hmdb51 import read_hmdb51_split
 from chunkformer.data.kinetics_csv import kinetics_clip_name, read_kinetics_csv
+from chunkformer.data.label_flips import read_flip_label_map
 from chunkformer.data.list_formats import LIST_FORMATS, ListFormat, detect_list_format, read_videos
 from chunkformer.data.motion import (
     MOTION_CLASSES,
@@ -67,6 +68,7 @@ __all__ = [
     "kinetics_clip_name",
     "motion_classes",
     "motion_flip_label_map",
+    "read_flip_label_map",
     "multiview_scores",
     "probe_video",
     "read_class_folders",

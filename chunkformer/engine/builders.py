@@ -14,6 +14,7 @@ Each builder is usable on its own, e.g. to train a model of one's own with the r
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import importlib.util
@@ -31,27 +32,35 @@ from chunkformer.data import (
     ClipDataset,
     ClipSampler,
     MotionDatasetSpec,
+    ResumableSampler,
     TrainTransform,
     VideoList,
     default_motion_root,
     ensure_motion_dataset,
     motion_flip_label_map,
     read_class_folders,
+    read_flip_label_map,
     read_video_list,
     read_videos,
 )
+from chunkformer.engine.checkpoints import read_run_config
 from chunkformer.engine.config import TrainConfig
 from chunkformer.engine.distributed import DistContext, barrier
 from chunkformer.engine.logs import log
-from chunkformer.models import create_model, list_models
+from chunkformer.models import ModelSpec, create_model, list_models
 
 __all__ = [
+    "augmentation_message",
     "autocast_dtype",
     "short_videos_message",
     "build_model",
     "build_optimizer",
     "build_scheduler",
+    "checkpoint_settings",
+    "available_cpus",
     "clip_sampler",
+    "fit_to_run",
+    "flip_label_map",
     "import_model_modules",
     "select_device",
     "train_dataset",
@@ -163,15 +172,99 @@ def short_videos_message(config: TrainConfig, where: str, short: int, total: int
 
 
 def train_dataset(config: TrainConfig, videos: VideoList) -> ClipDataset:
-    """Random training clips of ``videos`` with the random resized crop and flip (the motion data's flip
-    remaps its direction labels)."""
+    """Random training clips of ``videos`` with the random resized crop and flip; a flipped clip's label
+    goes through ``flip_label_map`` (the motion data's own map, or ``data.flip_label_map``'s pairs)."""
     data = config.data
-    flip_map = motion_flip_label_map(data.motion_variant) if data.kind == "motion" else None
+    flip_map = flip_label_map(config, videos)
     return ClipDataset(
         videos, clip_sampler(config), TrainTransform(data.crop_size, tuple(data.scale), hflip=data.hflip),
         seed=config.run.seed, flip_label_map=flip_map, decode_time_limit=data.decode_time_limit,
         short_side=data.decode_short_side,
     )  # fmt: skip
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which job schedulers set), else the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def fit_to_run(config: TrainConfig, ctx: DistContext, num_videos: int) -> tuple[TrainConfig, list[str]]:
+    """``config`` adapted to a dataset or machine smaller than its preset assumes, with one line per change
+    for the log: a global batch larger than the training videos shrinks to what fills one step; more
+    loader workers than the CPUs a rank has (less one for the training loop) are capped; a warm-up as long
+    as the run is halved to half the run, so that the peak learning rate is reached.
+
+    Raises:
+        ValueError: fewer training videos per rank than accumulation steps (not even a batch of one).
+    """
+    config = copy.deepcopy(config)
+    notes = []
+    optim, data = config.optim, config.data
+    per_step = ctx.world * optim.accum_steps
+    per_rank = ResumableSampler(num_videos, ctx.world, 0, shuffle=False).num_samples
+    global_batch = config.global_batch()
+    if global_batch // per_step * optim.accum_steps > per_rank:
+        micro = per_rank // optim.accum_steps
+        if micro < 1:
+            raise ValueError(
+                f"{num_videos} training videos give {per_rank} per rank, fewer than optim.accum_steps "
+                f"({optim.accum_steps}): not one step of batch 1 per rank"
+            )
+        optim.batch_size = micro * per_step
+        notes.append(
+            f"optim.batch_size: a global batch of {global_batch} is more than the {num_videos} training "
+            f"videos fill; using {optim.batch_size} (lr unchanged at {optim.lr:g})"
+        )
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world))
+    cpus = available_cpus()
+    most = max(cpus // max(local_world, 1) - 1, 1)
+    if data.num_workers > most:
+        notes.append(
+            f"data.num_workers: {data.num_workers} loader workers per rank on {cpus} CPUs ({local_world} "
+            f"rank(s) here); using {most}"
+        )
+        data.num_workers = most
+    if optim.warmup_epochs > 0 and optim.warmup_epochs >= optim.epochs:
+        warmup = optim.epochs / 2
+        notes.append(
+            f"optim.warmup_epochs: {optim.warmup_epochs:g} warm-up epochs in a {optim.epochs}-epoch run "
+            f"would never reach the peak lr {optim.lr:g}; warming up over {warmup:g} epochs"
+        )
+        optim.warmup_epochs = warmup
+    return config, notes
+
+
+def flip_label_map(config: TrainConfig, videos: VideoList) -> list[int] | None:
+    """The label of a flipped clip per label: the motion data's right <-> left map, the pairs of
+    ``data.flip_label_map``, or None (a flip keeps the label)."""
+    data = config.data
+    if data.flip_label_map is not None:
+        if data.kind == "motion":
+            raise ValueError(
+                "data.flip_label_map: the motion data has its own map; give it for list or folder data"
+            )
+        if not data.hflip:
+            raise ValueError("data.flip_label_map needs the flip on: drop --data.no-hflip, or drop the map")
+        return read_flip_label_map(data.flip_label_map, videos.classes)
+    return motion_flip_label_map(data.motion_variant) if data.kind == "motion" else None
+
+
+def augmentation_message(config: TrainConfig, flip_map: list[int] | None, classes: list[str]) -> str:
+    """One log line saying what the training augmentation does to labels."""
+    data = config.data
+    crop = f"random resized crop {data.crop_size} (area {data.scale[0]:g}-{data.scale[1]:g})"
+    if not data.hflip:
+        return f"train augmentation: {crop}; no horizontal flip (--data.no-hflip)"
+    if flip_map is None:
+        return (
+            f"train augmentation: {crop}, horizontal flip keeping labels (if a class depends on left/right, "
+            "pass --data.no-hflip or --data.flip-label-map FILE)"
+        )
+    swaps = [f"{classes[a]} <-> {classes[b]}" for a, b in enumerate(flip_map) if a < b]
+    shown = ", ".join(swaps[:4]) + (f" and {len(swaps) - 4} more" if len(swaps) > 4 else "")
+    return f"train augmentation: {crop}, horizontal flip swapping {shown or 'no classes'}"
 
 
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
@@ -194,6 +287,33 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
         config.model.name, num_classes=num_classes, num_frames=config.data.num_frames,
         checkpoint_path=config.model.init, checkpoint_filter=config.model.init_filter, **kwargs,
     )  # fmt: skip
+
+
+# The data settings that define what a clip is: evaluating with others than the training run's would
+# score the model on inputs it never saw (or, for num_frames and crop_size, not fit its embeddings).
+_CLIP_FIELDS = ("num_frames", "frame_stride", "frame_rate", "crop_size")
+
+
+def checkpoint_settings(config: TrainConfig, spec: ModelSpec, path: Path) -> tuple[TrainConfig, list[str]]:
+    """``config`` with the model and the clip settings of the run that wrote ``path``: ``model.name``,
+    ``data.num_frames`` and ``data.crop_size`` from ``spec``, ``data.frame_stride`` and ``data.frame_rate``
+    from the run's recorded configuration when the file has one. Returns the new config and one line per
+    setting changed, for the log."""
+    config = copy.deepcopy(config)
+    recorded = (read_run_config(path) or {}).get("data", {})
+    wanted: dict[str, Any] = {key: recorded[key] for key in _CLIP_FIELDS if key in recorded}
+    wanted["num_frames"] = spec.num_frames
+    if "img_size" in spec.overrides:
+        wanted["crop_size"] = spec.overrides["img_size"]
+    notes = []
+    if config.model.name != spec.name:
+        notes.append(f"model.name {spec.name} (the config had {config.model.name})")
+        config.model.name = spec.name
+    for key, value in wanted.items():
+        if getattr(config.data, key) != value:
+            notes.append(f"data.{key} {value} (the config had {getattr(config.data, key)})")
+            setattr(config.data, key, value)
+    return config, notes
 
 
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:

@@ -4,11 +4,13 @@ Checkpoints are ``torch.save`` dicts of tensors and plain Python values only, so
 ``torch.load(weights_only=True)``. RNG states are converted to tensors and lists for that reason. A
 training checkpoint (``ckpt-<step>.pt``, ``best.pt``) holds ``model``, ``optimizer``, ``scheduler``,
 ``scaler``, ``step``, ``epoch``, ``step_in_epoch``, ``best``, ``rng`` (one entry per rank),
-``epoch_progress`` and ``config``; its ``model`` entry loads with ``create_model(checkpoint_path=...)``.
+``epoch_progress``, ``config`` and ``model_spec``; it loads with ``create_model(checkpoint_path=...)``,
+which rebuilds the model from ``model_spec``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -24,6 +26,7 @@ __all__ = [
     "capture_rng",
     "list_checkpoints",
     "load_training_state",
+    "read_run_config",
     "restore_rng",
     "save_training_checkpoint",
 ]
@@ -109,3 +112,23 @@ def save_training_checkpoint(
 def load_training_state(path: str | Path) -> dict[str, Any]:
     """A training checkpoint, read with ``weights_only=True``."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+TRAIN_CONFIG_KEY = "chunkformer.train_config"
+"""The safetensors metadata key under which the engine records the run's configuration (JSON)."""
+
+
+def read_run_config(path: str | Path) -> dict[str, Any] | None:
+    """The training configuration (``TrainConfig`` as a plain dict) a checkpoint records: the ``config``
+    entry of a training checkpoint, or the ``chunkformer.train_config`` metadata of the weights the engine
+    writes. None for a file without one."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            text = (handle.metadata() or {}).get(TRAIN_CONFIG_KEY)
+        return None if text is None else json.loads(text)
+    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    config = saved.get("config") if isinstance(saved, dict) else None
+    return config if isinstance(config, dict) else None

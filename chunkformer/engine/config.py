@@ -31,7 +31,8 @@ class DataConfig:
 
     Attributes:
         kind: ``motion`` (built-in synthetic data, generated on first use), ``list`` (``path label``
-            files) or ``folders`` (``<root>/<class>/*.mp4``).
+            files) or ``folders`` (``<root>/<class>/<video>``: ``.mp4``, ``.avi``, ``.mkv``, ``.webm``,
+            ``.mov``, ``.m4v``, ``.mpg``, ``.mpeg``).
         train: training list file (``list``) or folder tree (``folders``).
         val: validation list file or folder tree.
         root: directory relative list paths are resolved against (default: the list's directory).
@@ -54,7 +55,11 @@ class DataConfig:
             source frames.
         crop_size: training crop and evaluation crop side.
         scale: area fraction range of the random resized crop.
-        hflip: horizontal flip in training (the motion data remaps right/left labels instead of losing them).
+        hflip: horizontal flip in training, on in every preset. A flip keeps the label, which is wrong for
+            classes defined by left and right: turn it off, or give ``flip_label_map`` (the motion data
+            uses its own map).
+        flip_label_map: a file of class pairs that a flip swaps (``swipe_left swipe_right`` per line), for
+            ``list`` and ``folders`` data whose classes mirror each other.
         temporal_views: evaluation clips per video (paper: 4).
         spatial_crops: evaluation crops per clip (paper: 3).
         drop_invalid: drop invalid list lines (counted and listed in the log) instead of stopping.
@@ -90,6 +95,7 @@ class DataConfig:
     crop_size: int = 224
     scale: tuple[float, float] = (0.25, 1.0)
     hflip: bool = True
+    flip_label_map: str | None = None
     temporal_views: int = 4
     spatial_crops: int = 3
     drop_invalid: bool = False

@@ -25,16 +25,20 @@ from torch.utils.data import DataLoader
 
 from chunkformer.data import ClassificationMetrics, ClipDataset, ResumableSampler, VideoList, collate_clips
 from chunkformer.engine.builders import (
+    augmentation_message,
     autocast_dtype,
     build_model,
     build_optimizer,
     build_scheduler,
+    checkpoint_settings,
+    fit_to_run,
     select_device,
     short_videos_message,
     train_dataset,
     video_lists,
 )
 from chunkformer.engine.checkpoints import (
+    TRAIN_CONFIG_KEY,
     capture_rng,
     list_checkpoints,
     load_training_state,
@@ -52,7 +56,7 @@ from chunkformer.engine.distributed import (
 )
 from chunkformer.engine.evaluation import evaluate
 from chunkformer.engine.logs import RunLogs, log, progress_bar, setup_logging
-from chunkformer.models import read_checkpoint, save_checkpoint
+from chunkformer.models import ModelSpec, create_model, load_checkpoint, read_model_spec, save_checkpoint
 
 __all__ = [
     "EpochProgress",
@@ -213,10 +217,12 @@ def _train(config: TrainConfig, ctx: DistContext, device: torch.device, started:
     path = _resume_path(config, run.out_dir)
     state = resume(run, path) if path is not None else TrainState()
     logs = RunLogs(run.out_dir, ctx, state.step if path is not None else None)
-    optim = config.optim
+    optim = run.config.optim
+    warmup = round(optim.warmup_epochs * run.steps_per_epoch)
     log.info(
         f"training {optim.epochs} epochs x {run.steps_per_epoch} steps, global batch {run.global_batch} "
-        f"({ctx.world} ranks x {optim.accum_steps} accumulation x {run.micro_batch}), lr {optim.lr}"
+        f"({ctx.world} ranks x {optim.accum_steps} accumulation x {run.micro_batch}), peak lr {optim.lr:g} "
+        f"after {warmup} warm-up steps, then cosine decay"
     )
     metrics: ClassificationMetrics | None = None
     last_path: Path | None = None
@@ -232,7 +238,8 @@ def _train(config: TrainConfig, ctx: DistContext, device: torch.device, started:
     weights = None
     if ctx.main and not state.stopped:
         weights = run.out_dir / "model.safetensors"
-        save_checkpoint(run.model, weights)
+        config_json = json.dumps(_plain(dataclasses.asdict(config)), default=str)
+        save_checkpoint(run.model, weights, metadata={TRAIN_CONFIG_KEY: config_json})
     barrier(ctx)
     seconds = time.monotonic() - started
     if ctx.main:
@@ -275,20 +282,52 @@ def _log_model(config: TrainConfig, ctx: DistContext, device: torch.device, amp:
 def _evaluate_checkpoint(
     config: TrainConfig, ctx: DistContext, device: torch.device, started: float
 ) -> RunResult:
-    out_dir, amp = _start(config, ctx, device)
-    train_videos, val_videos = video_lists(config, ctx)
-    model = build_model(config, train_videos.num_classes).to(device)
-    _log_model(config, ctx, device, amp, model, train_videos, val_videos)
+    out_dir = Path(config.run.out_dir)
     path = Path(config.run.checkpoint) if config.run.checkpoint else (list_checkpoints(out_dir) or [None])[-1]
     if path is None:
         raise FileNotFoundError(f"--run.eval-only: no --run.checkpoint and no checkpoint in {out_dir}")
-    model.load_state_dict(read_checkpoint(path), strict=True)
+    spec = read_model_spec(path)
+    notes: list[str] = []
+    if spec is not None:
+        config, notes = checkpoint_settings(config, spec, path)
+    out_dir, amp = _start(config, ctx, device)
+    for note in notes:
+        log.info(f"eval-only: from {path.name}: {note}")
+    train_videos, val_videos = video_lists(config, ctx)
+    if spec is None:
+        # A file that does not say what it holds (a plain state dict): the flags must describe the model.
+        log.info(f"eval-only: {path} records no model; building {config.model.name} from the flags")
+        model = build_model(config, val_videos.num_classes)
+        load_checkpoint(model, path)
+    else:
+        _check_classes(spec, val_videos, path)
+        model = create_model(checkpoint_path=path)
+    model = model.to(device)
+    _log_model(config, ctx, device, amp, model, train_videos, val_videos)
     predictions = out_dir / f"predictions-{path.stem}.csv"
     metrics = evaluate(model, config, val_videos, ctx, device, amp, predictions=predictions)
     log.info(f"eval {path}: {metrics.summary()}")
     if ctx.main:
         log.info(f"per-video predictions: {predictions}")
     return RunResult(metrics, out_dir, path, None, [], time.monotonic() - started)
+
+
+def _check_classes(spec: ModelSpec, videos: VideoList, path: Path) -> None:
+    """A validation list must use the checkpoint's label space: the same class names, or integer labels
+    within its classes. Otherwise every label would be scored against another class."""
+    integer_names = videos.classes == [str(i) for i in range(videos.num_classes)]
+    if spec.class_names is not None and not integer_names and videos.classes != spec.class_names:
+        raise ValueError(
+            f"--run.eval-only: {path} was trained on {spec.num_classes} classes {spec.class_names[:10]}"
+            f"{' ...' if spec.num_classes > 10 else ''}; the validation list has {videos.num_classes} "
+            f"classes {videos.classes[:10]}{' ...' if videos.num_classes > 10 else ''} "
+            "(pass the training run's classes.txt as --data.classes)"
+        )
+    if videos.num_classes > spec.num_classes:
+        raise ValueError(
+            f"--run.eval-only: the validation list has {videos.num_classes} classes, more than the "
+            f"{spec.num_classes} of the model in {path}"
+        )
 
 
 def prepare_run(config: TrainConfig, ctx: DistContext, device: torch.device) -> TrainingRun:
@@ -302,7 +341,14 @@ def prepare_run(config: TrainConfig, ctx: DistContext, device: torch.device) -> 
     """
     out_dir, amp = _start(config, ctx, device)
     train_videos, val_videos = video_lists(config, ctx)
+    config, notes = fit_to_run(config, ctx, len(train_videos))
+    for note in notes:
+        log.info(f"adapted to this run: {note}")
     model = build_model(config, train_videos.num_classes).to(device)
+    spec = getattr(model, "model_spec", None)
+    if isinstance(spec, ModelSpec):
+        # The class names go with the weights, so a checkpoint says what its outputs mean.
+        model.model_spec = dataclasses.replace(spec, class_names=list(train_videos.classes))
     _log_model(config, ctx, device, amp, model, train_videos, val_videos)
     if ctx.main:
         write_run_description(out_dir, config, train_videos.classes)
@@ -317,6 +363,7 @@ def prepare_run(config: TrainConfig, ctx: DistContext, device: torch.device) -> 
     if steps_per_epoch < 1:
         raise ValueError(f"{len(train_videos)} training videos do not fill one step of batch {global_batch}")
     dataset = train_dataset(config, train_videos)
+    log.info(augmentation_message(config, dataset.flip_label_map, train_videos.classes))
     optimizer = build_optimizer(config, model)
     scheduler = build_scheduler(config, optimizer, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
@@ -384,6 +431,9 @@ def save_state(run: TrainingRun, state: TrainState, is_best: bool) -> Path | Non
         "epoch": state.epoch, "step_in_epoch": state.step_in_epoch, "best": state.best, "rng": rngs,
         "epoch_progress": partial, "config": _plain(dataclasses.asdict(run.config)),
     }  # fmt: skip
+    spec = getattr(run.model, "model_spec", None)
+    if isinstance(spec, ModelSpec):
+        saved["model_spec"] = spec.to_json()
     return save_training_checkpoint(saved, run.out_dir, state.step, run.config.run.keep_last, is_best)
 
 

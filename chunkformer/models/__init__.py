@@ -5,10 +5,12 @@ from chunkformer.models.config import SCTConfig, StageConfig
 from chunkformer.models.loading import load_checkpoint, read_checkpoint, save_checkpoint
 from chunkformer.models.registry import create_model, list_models, register_model
 from chunkformer.models.sct import ShiftedChunkTransformer, sct_config, sct_l, sct_m, sct_s
+from chunkformer.models.spec import ModelSpec, read_model_spec
 from chunkformer.models.tiny import sct_tiny, sct_tiny_config
 
 __all__ = [
     "AttentionMaps",
+    "ModelSpec",
     "SCTConfig",
     "ShiftedChunkTransformer",
     "StageConfig",
@@ -17,6 +19,7 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "read_checkpoint",
+    "read_model_spec",
     "register_model",
     "save_checkpoint",
     "sct_config",

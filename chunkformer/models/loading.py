@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from torch import nn
 
 from chunkformer.layers import LSHAttention
 from chunkformer.layers.lsh_attention import LEGACY_EXTRA_STATE_KEY, is_rng_state_key, upgrade_legacy_state
+from chunkformer.models.spec import METADATA_KEY, ModelSpec
 
 FILTERS = ("frame_encoder",)
 # Modules outside the frame encoder: left freshly initialised by the "frame_encoder" filter.
@@ -25,10 +27,15 @@ def _is_safetensors(path: Path) -> bool:
     return path.suffix == ".safetensors"
 
 
-def save_checkpoint(model: nn.Module, path: str | Path) -> None:
+def save_checkpoint(model: nn.Module, path: str | Path, metadata: Mapping[str, str] | None = None) -> None:
     """Save ``model``'s state dict: safetensors for a ``.safetensors`` path, else ``torch.save`` (readable
     with ``weights_only=True``). The state dict holds tensors only, LSH seeds and generator states included
-    (see :class:`~chunkformer.layers.LSHAttention`)."""
+    (see ``chunkformer.layers.LSHAttention``).
+
+    A safetensors file also records the model's ``model_spec`` (set by ``create_model``: name, build
+    arguments, class names) under ``chunkformer.model_spec``, so ``create_model(checkpoint_path=path)``
+    rebuilds the model, and ``metadata`` (string keys and values) besides.
+    """
     path = Path(path)
     state = model.state_dict()
     if not _is_safetensors(path):
@@ -40,7 +47,15 @@ def save_checkpoint(model: nn.Module, path: str | Path) -> None:
     if not_tensors:
         raise TypeError(f"save_checkpoint: safetensors holds tensors only; {path} would get {not_tensors}")
     # "format": "pt" as safetensors.torch.save_model writes it (Hugging Face loaders check it).
-    save_file({key: value.contiguous() for key, value in state.items()}, str(path), metadata={"format": "pt"})
+    header = {"format": "pt", **(metadata or {})}
+    spec = getattr(model, "model_spec", None)
+    if isinstance(spec, ModelSpec):
+        try:
+            header[METADATA_KEY] = spec.to_json()
+        except ValueError as error:
+            message = f"save_checkpoint: {path} will not record how to rebuild the model: {error}"
+            warnings.warn(message, stacklevel=2)
+    save_file({key: value.contiguous() for key, value in state.items()}, str(path), metadata=header)
 
 
 def _read_safetensors(path: Path) -> dict[str, Any]:

@@ -284,3 +284,21 @@ def test_videos_shorter_than_a_clip_are_sampled_and_counted_once(tmp_path: Path,
     assert len(re.findall(f"train: 16 of 16 videos are shorter than a clip {setting}", log)) == 1
     assert len(re.findall(f"eval: 8 of 8 videos are shorter than a clip {setting}", log)) == 1
     assert "unreadable" not in log
+
+
+def test_a_preset_too_large_for_the_data_and_machine_adapts_and_says_so(tmp_path: Path) -> None:
+    # 16 training videos, batch 64, 2 epochs with 5 warm-up epochs, 64 loader workers.
+    overrides = {"optim.batch_size": 64, "optim.warmup_epochs": 5.0, "data.num_workers": 64}
+    result = train(tiny_config(tmp_path, "run", **overrides))
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "a global batch of 64 is more than the 16 training videos fill; using 16" in log
+    assert "64 loader workers per rank on" in log
+    assert "warming up over 1 epochs" in log
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["optim"]["batch_size"] == 16 and saved["optim"]["warmup_epochs"] == 1.0
+    assert 1 <= saved["data"]["num_workers"] < 64
+    _, steps = _rows(tmp_path / "run" / "steps.csv")
+    assert len(steps) == len(result.step_losses) == 2  # one step of 16 per epoch
+    # The peak is reached: the first step after the warm-up runs at the configured lr.
+    assert max(float(r["lr"]) for r in steps) == pytest.approx(tiny_config(tmp_path, "x").optim.lr)
+    assert "peak lr 0.001 after 1 warm-up steps" in log
