@@ -1,4 +1,9 @@
-"""Model registry, timm-style: presets register by decorator and are built by name."""
+"""Model registry, timm-style: presets register by decorator and are built by name.
+
+This module imports no model module: the package ``chunkformer.models`` imports the preset modules (which
+register themselves with ``register_model``), and importing this module runs the package first, so the
+registry is complete whichever module a caller imports.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +30,6 @@ def register_model(factory: Factory) -> Factory:
 
 def list_models() -> list[str]:
     """Names of the registered models, sorted."""
-    _import_presets()
     return sorted(_MODELS)
 
 
@@ -40,17 +44,16 @@ def create_model(
     """Build a registered model, optionally loading weights.
 
     Args:
-        name: a name from :func:`list_models`.
+        name: a name from ``list_models()``.
         num_classes: classes of the head; 0 makes the model return clip features.
         num_frames: T, the frames per clip the clip position embedding covers.
         checkpoint_path: a ``.safetensors`` file or a ``torch.save`` file (read with ``weights_only=True``);
-            see :func:`chunkformer.models.loading.load_checkpoint` for the key check.
+            see ``chunkformer.models.loading.load_checkpoint`` for the key check.
         checkpoint_filter: ``"frame_encoder"`` loads only the frame encoder (patch embedding and stages)
             and leaves the clip encoder and head freshly initialised.
         overrides: model keyword arguments (``img_size``, ``interpolate_pos``) or fields of the model's
             config (e.g. ``drop_path_rate=0.1``, ``lsh_n_hashes=1``).
     """
-    _import_presets()
     if name not in _MODELS:
         raise ValueError(f"create_model: unknown model {name!r}; available: {', '.join(sorted(_MODELS))}")
     model = _MODELS[name](num_classes=num_classes, num_frames=num_frames, **overrides)
@@ -61,10 +64,3 @@ def create_model(
     elif checkpoint_filter is not None:
         raise ValueError("create_model: checkpoint_filter needs a checkpoint_path")
     return model
-
-
-def _import_presets() -> None:
-    # The presets register themselves on import; importing here makes the registry complete even when a
-    # caller imported only this module.
-    import chunkformer.models.sct  # noqa: F401
-    import chunkformer.models.tiny  # noqa: F401
