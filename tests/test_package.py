@@ -13,10 +13,13 @@ import ast
 import importlib
 import os
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+
+import pytest
 
 import chunkformer
 
@@ -165,3 +168,33 @@ for name in {names!r}:
 print("\\n".join(failed))
 """
     assert _run_python(code).strip() == ""
+
+
+# --- dependencies -------------------------------------------------------------------------------------------
+
+
+def _third_party_imports() -> set[str]:
+    """Top-level names of the non-standard-library packages chunkformer's modules import."""
+    names = set()
+    for path in _module_files().values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - {"__future__", "chunkformer"}
+
+
+def test_every_imported_package_is_declared_in_pyproject() -> None:
+    # The test and bench extras do not count: a user who installs chunkformer[video] has neither.
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((_ROOT.parent / "pyproject.toml").read_text())["project"]
+    extras = {
+        name: deps for name, deps in project["optional-dependencies"].items() if name not in ("test", "bench")
+    }
+    declared = {
+        re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower().replace("-", "_")
+        for requirement in [*project["dependencies"], *(dep for deps in extras.values() for dep in deps)]
+    }
+    undeclared = sorted(_third_party_imports() - declared)
+    assert not undeclared, f"imported by chunkformer but in no pyproject dependency list: {undeclared}"
