@@ -50,8 +50,8 @@ class ChunkAttention(Attention):
         super().__init__(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
         try:
             self.chunk_size = to_pair(chunk_size, "chunk_size")
-        except ValueError as error:
-            raise ValueError(f"ChunkAttention: {error}") from None
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"ChunkAttention: {error}") from None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         check_input(x, "ChunkAttention", {4: "(B, H, W, C)", 5: "(B, T, H, W, C)"}, self.dim)

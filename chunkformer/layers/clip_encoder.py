@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from chunkformer.layers._checks import check_input, check_positive_int, check_probability
+from chunkformer.layers._checks import check_input, check_int, check_positive_int, check_probability
 from chunkformer.layers.attention import Attention
 from chunkformer.layers.block import PreNormBlock
 
@@ -52,7 +52,7 @@ class ClipEncoder(nn.Module):
         check_positive_int(mlp_dim, "mlp_dim", "ClipEncoder")
         check_positive_int(head_hidden_dim, "head_hidden_dim", "ClipEncoder")
         check_probability(dropout, "dropout", "ClipEncoder")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        if check_int(num_classes, "num_classes", "ClipEncoder") < 0:
             raise ValueError(f"ClipEncoder: num_classes must be an int >= 0, got {num_classes!r}")
         if dim % check_positive_int(num_heads, "num_heads", "ClipEncoder"):
             raise ValueError(f"ClipEncoder: dim ({dim}) must be divisible by num_heads ({num_heads})")
@@ -87,7 +87,8 @@ class ClipEncoder(nn.Module):
         if frames != self.num_frames:
             raise ValueError(
                 f"ClipEncoder was built for num_frames={self.num_frames} (its position embedding has "
-                f"{self.num_frames + 1} rows) but got T={frames} frames in input {tuple(frame_features.shape)}"
+                f"{self.num_frames + 1} rows) but got T={frames} frames in input "
+                f"{tuple(frame_features.shape)}"
             )
         tokens = self.frame_embed(frame_features)
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)

@@ -166,7 +166,7 @@ class LSHAttention(nn.Module):
         self.shared_qk = bool(shared_qk)
         self.attn_drop = check_probability(attn_drop, "attn_drop", "LSHAttention")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"LSHAttention: seed must be an int or None, got {seed!r}")
+            raise TypeError(f"LSHAttention: seed must be an int or None, got {type(seed).__name__} {seed!r}")
         if seed is not None and not _INT64_MIN <= seed <= _INT64_MAX:
             # The state dict holds the seed as an int64 tensor.
             raise ValueError(f"LSHAttention: seed must fit in int64 ([-2**63, 2**63 - 1]), got {seed}")
@@ -242,7 +242,9 @@ class LSHAttention(nn.Module):
         tokens = x if x.dim() == 3 else x.reshape(-1, shape[-3] * shape[-2], self.dim)
         mask = None if key_padding_mask is None else key_padding_mask.reshape(tokens.shape[:2])
         parts = 2 if self.shared_qk else 3
-        projected = rearrange(self.qkv(tokens), "b n (parts h d) -> parts b h n d", parts=parts, h=self.num_heads)
+        projected = rearrange(
+            self.qkv(tokens), "b n (parts h d) -> parts b h n d", parts=parts, h=self.num_heads
+        )
         q, v = projected[0], projected[-1]
         k = None if self.shared_qk else projected[1]
         device = x.device if x.device.type != "meta" else torch.device("cpu")

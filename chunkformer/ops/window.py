@@ -23,18 +23,22 @@ def to_pair(value: int | tuple[int, int] | list[int], name: str = "size") -> tup
     """Normalise an int or an (h, w) pair to a pair of positive ints.
 
     Raises:
-        ValueError: if the value is not a positive int or a pair of them.
+        TypeError: if the value is not an int or a pair of ints (a bool is not an int here).
+        ValueError: if it is a sequence of another length, or a size is below 1.
     """
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a positive int or an (h, w) pair of them, got {value!r}")
-    if isinstance(value, int):
+    expected = f"{name} must be a positive int or an (h, w) pair of them"
+
+    def is_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if is_int(value):
         pair = (value, value)
-    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
+    elif isinstance(value, (tuple, list)) and len(value) != 2:
+        raise ValueError(f"{expected}, got a {type(value).__name__} of length {len(value)}: {value!r}")
+    elif isinstance(value, (tuple, list)) and all(is_int(v) for v in value):
         pair = (value[0], value[1])
     else:
-        raise ValueError(f"{name} must be a positive int or an (h, w) pair of them, got {value!r}")
+        raise TypeError(f"{expected}, got {type(value).__name__} {value!r}")
     if min(pair) < 1:
         raise ValueError(f"{name} must be >= 1, got {value!r}")
     return pair
@@ -69,7 +73,9 @@ def window_partition(x: torch.Tensor, window_size: tuple[int, int]) -> torch.Ten
     return rearrange(x, "b (nh wh) (nw ww) c -> (b nh nw) (wh ww) c", wh=window_h, ww=window_w)
 
 
-def window_reverse(windows: torch.Tensor, window_size: tuple[int, int], height: int, width: int) -> torch.Tensor:
+def window_reverse(
+    windows: torch.Tensor, window_size: tuple[int, int], height: int, width: int
+) -> torch.Tensor:
     """Inverse of :func:`window_partition` for a padded grid of ``height`` x ``width``.
 
     Shape:

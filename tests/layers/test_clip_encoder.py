@@ -218,7 +218,9 @@ def test_non_positive_sizes_raise(which: str, value: object) -> None:
         "mlp_dim": 4,
     }
     kwargs[which] = value
-    with pytest.raises(ValueError, match=rf"ClipEncoder: {which} must be a positive int"):
+    # A value of the wrong type is a TypeError, an int below 1 a ValueError.
+    error, message = (ValueError, "a positive int") if type(value) is int else (TypeError, "an int, got")
+    with pytest.raises(error, match=rf"ClipEncoder: {which} must be {message}"):
         ClipEncoder(**kwargs)  # type: ignore[arg-type]
 
 
@@ -231,8 +233,14 @@ def test_dim_not_divisible_by_heads_raises(num_heads: int, data: st.DataObject) 
         ClipEncoder(4, 2, dim=dim, depth=1, num_heads=num_heads, mlp_dim=4)
 
 
-@given(num_classes=st.one_of(st.integers(-3, -1), st.floats(0.5, 3.0), st.booleans()))
-def test_bad_num_classes_raises(num_classes: object) -> None:
+@given(num_classes=st.one_of(st.floats(0.5, 3.0), st.booleans()))
+def test_non_int_num_classes_raises_type_error(num_classes: object) -> None:
+    with pytest.raises(TypeError, match=r"ClipEncoder: num_classes must be an int, got (float|bool)"):
+        ClipEncoder(4, 2, dim=4, depth=1, num_heads=2, mlp_dim=4, num_classes=num_classes)  # type: ignore[arg-type]
+
+
+@given(num_classes=st.integers(-3, -1))
+def test_bad_num_classes_raises(num_classes: int) -> None:
     with pytest.raises(ValueError, match=r"ClipEncoder: num_classes must be an int >= 0"):
         ClipEncoder(
             4,

@@ -157,19 +157,30 @@ def test_to_pair_accepts_pairs(pair: tuple[int, int], as_list: bool) -> None:
 @given(
     value=st.one_of(
         st.integers(max_value=0),
-        st.booleans(),
         st.tuples(st.integers(max_value=0), st.integers(1, 9)),
         st.tuples(st.integers(1, 9), st.integers(max_value=0)),
-        st.tuples(st.booleans(), st.integers(1, 9)),
-        st.tuples(st.integers(1, 9), st.booleans()),
         st.lists(st.integers(1, 9), max_size=5).filter(lambda v: len(v) != 2).map(tuple),
         st.lists(st.integers(1, 9), max_size=5).filter(lambda v: len(v) != 2),
+    )
+)
+def test_to_pair_rejects_invalid_values(value: object) -> None:
+    with pytest.raises(ValueError, match="window_size"):
+        to_pair(value, name="window_size")  # type: ignore[arg-type]
+
+
+@given(
+    value=st.one_of(
+        st.booleans(),
+        st.tuples(st.booleans(), st.integers(1, 9)),
+        st.tuples(st.integers(1, 9), st.booleans()),
         st.floats(allow_nan=False),
         st.tuples(st.floats(1, 9), st.integers(1, 9)),
         st.text(max_size=3),
         st.none(),
     )
 )
-def test_to_pair_rejects_invalid_values(value: object) -> None:
-    with pytest.raises(ValueError, match="window_size"):
+def test_to_pair_rejects_invalid_types_with_type_error(value: object) -> None:
+    with pytest.raises(
+        TypeError, match=r"window_size must be a positive int or an \(h, w\) pair of them, got"
+    ):
         to_pair(value, name="window_size")  # type: ignore[arg-type]
