@@ -9,6 +9,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from chunkformer._deprecation import renamed_kwargs
 from chunkformer.layers._checks import check_heads, check_input, check_positive_int, check_probability
 from chunkformer.ops import lsh_attention
 
@@ -130,7 +131,8 @@ class LSHAttention(nn.Module):
         num_heads: heads; must divide ``dim``.
         bucket_size: LSH block length.
         n_hashes: hash rounds.
-        causal: strictly causal attention over the sequence order (row-major for images).
+        is_causal: strictly causal attention over the sequence order (row-major for images). Its old name
+            ``causal`` still works, with a FutureWarning, for one release.
         shared_qk: Reformer's shared-QK attention (keys are the normalised queries; no key projection).
         qkv_bias: bias in the input projection.
         attn_drop: dropout on the attention weights (training only; masks from the module's generator).
@@ -143,13 +145,14 @@ class LSHAttention(nn.Module):
         - x: (B, T, H, W, C) -> (B, T, H, W, C); key_padding_mask: (B, T, H, W)
     """
 
+    @renamed_kwargs("LSHAttention", causal="is_causal")
     def __init__(
         self,
         dim: int,
         num_heads: int = 8,
         bucket_size: int = 64,
         n_hashes: int = 4,
-        causal: bool = False,
+        is_causal: bool = False,
         shared_qk: bool = True,
         qkv_bias: bool = False,
         attn_drop: float = 0.0,
@@ -162,7 +165,7 @@ class LSHAttention(nn.Module):
         self.num_heads = num_heads
         self.bucket_size = check_positive_int(bucket_size, "bucket_size", "LSHAttention")
         self.n_hashes = check_positive_int(n_hashes, "n_hashes", "LSHAttention")
-        self.causal = bool(causal)
+        self.is_causal = bool(is_causal)
         self.shared_qk = bool(shared_qk)
         self.attn_drop = check_probability(attn_drop, "attn_drop", "LSHAttention")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -180,6 +183,12 @@ class LSHAttention(nn.Module):
         # one of the two). Mutated in place, never rebound: DataParallel replicas share these dicts.
         self._generators: dict[str, torch.Generator] = {}
         self._pending_states: dict[str, torch.Tensor] = {}
+
+    @property
+    def causal(self) -> bool:
+        """The old name of ``is_causal``, read-only (the op call reads it until ``lsh_attention`` takes
+        ``is_causal``)."""
+        return self.is_causal
 
     def _generator(self, device: torch.device) -> torch.Generator:
         """Training: this module's advancing generator for ``device``. Eval: a fresh one at ``seed``."""
@@ -321,5 +330,6 @@ class LSHAttention(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, num_heads={self.num_heads}, bucket_size={self.bucket_size}, "
-            f"n_hashes={self.n_hashes}, causal={self.causal}, shared_qk={self.shared_qk}, seed={self.seed}"
+            f"n_hashes={self.n_hashes}, is_causal={self.is_causal}, shared_qk={self.shared_qk}, "
+            f"seed={self.seed}"
         )

@@ -101,7 +101,7 @@ class ShiftedChunkTransformer(nn.Module):
             mlp_dim=config.clip_mlp_dim,
             num_classes=num_classes,
             head_hidden_dim=config.head_hidden_dim,
-            dropout=config.head_drop_rate,
+            head_drop=config.head_drop_rate,
         )
         self.apply(_init_weights)
 

@@ -55,7 +55,7 @@ class SCTStage(nn.Module):
 
         def block(width: int, attn: nn.Module) -> PreNormBlock:
             return PreNormBlock(
-                width, attn, mlp_ratio=stage.mlp_ratio, drop=config.drop_rate, drop_path=next(rates)
+                width, attn, mlp_ratio=stage.mlp_ratio, proj_drop=config.drop_rate, drop_path=next(rates)
             )
 
         drops = {"attn_drop": config.attn_drop_rate, "proj_drop": config.drop_rate}
@@ -63,7 +63,11 @@ class SCTStage(nn.Module):
             block(
                 stage.dim,
                 ChunkAttention(
-                    stage.dim, stage.local_heads, chunk_size=config.chunk_size, qkv_bias=config.qkv_bias, **drops
+                    stage.dim,
+                    stage.local_heads,
+                    chunk_size=config.chunk_size,
+                    qkv_bias=config.qkv_bias,
+                    **drops,
                 ),
             )
             for _ in range(stage.local_depth)
@@ -87,7 +91,9 @@ class SCTStage(nn.Module):
         )
         self.pool: nn.Module = nn.Identity()
         if stage.pool:
-            self.pool = LinearPooling(stage.dim, stage.out_dim, norm_layer=nn.LayerNorm if config.pool_norm else None)
+            self.pool = LinearPooling(
+                stage.dim, stage.out_dim, norm_layer=nn.LayerNorm if config.pool_norm else None
+            )
         width = stage.out_dim
         self.cls_token: nn.Parameter | None = None
         if stage.shifted_depth:
@@ -96,7 +102,9 @@ class SCTStage(nn.Module):
         self.shifted_blocks = nn.ModuleList(
             block(
                 width,
-                ShiftedAttention(width, stage.shifted_heads, shift=config.shift, qkv_bias=config.qkv_bias, **drops),
+                ShiftedAttention(
+                    width, stage.shifted_heads, shift=config.shift, qkv_bias=config.qkv_bias, **drops
+                ),
             )
             for _ in range(stage.shifted_depth)
         )

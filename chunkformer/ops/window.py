@@ -10,12 +10,15 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from chunkformer._deprecation import renamed_function
+
 __all__ = [
     "pad_to_multiple",
     "to_pair",
     "window_padding_mask",
     "window_partition",
     "window_reverse",
+    "window_valid_mask",
 ]
 
 
@@ -93,11 +96,15 @@ def window_reverse(
     )
 
 
-def window_padding_mask(
+def window_valid_mask(
     height: int, width: int, window_size: tuple[int, int], device: torch.device | str | None = None
 ) -> torch.Tensor:
     """Which tokens of each window are real (True) rather than padding, for a grid padded by
-    :func:`pad_to_multiple`.
+    ``pad_to_multiple``.
+
+    True marks a token that may be attended to, so the mask is an ``attn_mask`` row as SDPA reads it (not a
+    ``key_padding_mask``, where True marks padding). Its old name ``window_padding_mask`` said the
+    opposite; that name still works, with a FutureWarning, for one release.
 
     Shape:
         - output: (num_windows, wh * ww), bool, windows in :func:`window_partition` order
@@ -109,3 +116,6 @@ def window_padding_mask(
     cols = torch.arange(padded_w, device=device) < width
     real = rows[:, None] & cols[None, :]
     return rearrange(real, "(nh wh) (nw ww) -> (nh nw) (wh ww)", wh=window_h, ww=window_w)
+
+
+window_padding_mask = renamed_function(window_valid_mask, "window_padding_mask")

@@ -154,7 +154,7 @@ def test_structure(case: Case) -> None:
 @given(p=st.floats(0.0, 0.9))
 def test_dropout_sits_before_the_last_head_layer_only(p: float) -> None:
     module = ClipEncoder(
-        4, 2, dim=4, depth=1, num_heads=2, mlp_dim=8, num_classes=3, head_hidden_dim=6, dropout=p
+        4, 2, dim=4, depth=1, num_heads=2, mlp_dim=8, num_classes=3, head_hidden_dim=6, head_drop=p
     )
     dropouts = [m for m in module.modules() if isinstance(m, nn.Dropout) and m.p > 0]
     assert all(m is module.head[2] for m in dropouts)
@@ -255,8 +255,8 @@ def test_bad_num_classes_raises(num_classes: int) -> None:
 
 @given(p=bad_probabilities())
 def test_bad_dropout_raises(p: float) -> None:
-    with pytest.raises(ValueError, match=r"ClipEncoder: dropout must be a float in \[0, 1\)"):
-        ClipEncoder(4, 2, dim=4, depth=1, num_heads=2, mlp_dim=4, num_classes=2, dropout=p)
+    with pytest.raises(ValueError, match=r"ClipEncoder: head_drop must be a float in \[0, 1\)"):
+        ClipEncoder(4, 2, dim=4, depth=1, num_heads=2, mlp_dim=4, num_classes=2, head_drop=p)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ class Case:
         kwargs: dict[str, object] = {
             "bucket_size": self.bucket_size,
             "n_hashes": self.n_hashes,
-            "causal": self.causal,
+            "is_causal": self.causal,
             "shared_qk": self.shared_qk,
             "qkv_bias": self.qkv_bias,
             "seed": self.seed + 5 if rotation_seed is None else rotation_seed,
@@ -634,7 +634,7 @@ def test_gradcheck_float64(causal: bool, shared_qk: bool, seed: int) -> None:
     # Evaluation mode: fixed rotations, so the function gradcheck differentiates is deterministic.
     module = build(
         lambda: LSHAttention(
-            4, 2, bucket_size=2, n_hashes=2, causal=causal, shared_qk=shared_qk, qkv_bias=True, seed=seed
+            4, 2, bucket_size=2, n_hashes=2, is_causal=causal, shared_qk=shared_qk, qkv_bias=True, seed=seed
         ),
         seed,
     ).eval()

@@ -12,7 +12,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chunkformer.ops import pad_to_multiple, to_pair, window_padding_mask, window_partition, window_reverse
+from chunkformer.ops import pad_to_multiple, to_pair, window_partition, window_reverse, window_valid_mask
 
 sizes = st.integers(1, 5)
 
@@ -117,15 +117,15 @@ def test_pad_to_multiple_returns_the_input_when_it_already_fits(
 
 
 @given(height=st.integers(1, 12), width=st.integers(1, 12), window=st.tuples(sizes, sizes))
-def test_window_padding_mask_matches_loop_reference(height: int, width: int, window: tuple[int, int]) -> None:
-    mask = window_padding_mask(height, width, window)
+def test_window_valid_mask_matches_loop_reference(height: int, width: int, window: tuple[int, int]) -> None:
+    mask = window_valid_mask(height, width, window)
     assert mask.dtype == torch.bool
     torch.testing.assert_close(mask, reference_padding_mask(height, width, window), atol=0, rtol=0)
     assert int(mask.sum()) == height * width
 
 
 @given(case=any_grid())
-def test_window_padding_mask_marks_exactly_the_real_tokens(
+def test_window_valid_mask_marks_exactly_the_real_tokens(
     case: tuple[torch.Tensor, tuple[int, int]],
 ) -> None:
     # Tie the three helpers together: padding a grid of ones and cutting it shows where the real tokens are.
@@ -133,11 +133,11 @@ def test_window_padding_mask_marks_exactly_the_real_tokens(
     _, height, width, _ = grid.shape
     ones = torch.ones(1, height, width, 1)
     windows = window_partition(pad_to_multiple(ones, window), window)[..., 0]
-    torch.testing.assert_close(window_padding_mask(height, width, window), windows.bool(), atol=0, rtol=0)
+    torch.testing.assert_close(window_valid_mask(height, width, window), windows.bool(), atol=0, rtol=0)
 
 
-def test_window_padding_mask_honours_device() -> None:
-    mask = window_padding_mask(5, 7, (2, 3), device="meta")
+def test_window_valid_mask_honours_device() -> None:
+    mask = window_valid_mask(5, 7, (2, 3), device="meta")
     assert mask.device.type == "meta"
     assert mask.shape == (3 * 3, 6)
 
