@@ -18,7 +18,7 @@ class PreNormBlock(nn.Module):
     """``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``, for any token mixer ``attn``.
 
     The attention layer is passed in, so one block serves chunk attention, LSH attention, shifted MSA and
-    the clip encoder alike; keyword arguments of :meth:`forward` go to the attention layer (for example a
+    the clip encoder alike; keyword arguments of ``forward`` go to the attention layer (for example a
     padding mask).
 
     Args:

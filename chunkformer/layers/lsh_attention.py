@@ -102,7 +102,7 @@ def _generator_state(key: str, value: object) -> torch.Tensor:
 
 
 class LSHAttention(nn.Module):
-    """Multi-head angular-LSH attention (:func:`chunkformer.ops.lsh_attention`) with its projections.
+    """Multi-head angular-LSH attention (``chunkformer.ops.lsh_attention``) with its projections.
 
     A (B, H, W, C) or (B, T, H, W, C) input is one sequence per image (the paper's image LSH attention over
     all tokens of a frame); a (B, N, C) input is one sequence per batch element.

@@ -28,7 +28,7 @@ def _is_safetensors(path: Path) -> bool:
 def save_checkpoint(model: nn.Module, path: str | Path) -> None:
     """Save ``model``'s state dict: safetensors for a ``.safetensors`` path, else ``torch.save`` (readable
     with ``weights_only=True``). The state dict holds tensors only, LSH seeds and generator states included
-    (see :class:`~chunkformer.layers.LSHAttention`)."""
+    (see ``LSHAttention``)."""
     path = Path(path)
     state = model.state_dict()
     if not _is_safetensors(path):

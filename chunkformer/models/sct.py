@@ -204,7 +204,7 @@ class ShiftedChunkTransformer(nn.Module):
 
     def forward_attention_maps(self, x: torch.Tensor) -> AttentionMaps:
         """A forward pass that also returns the attention maps of Fig. 3 (see
-        :func:`chunkformer.models.attention_maps.capture_attention_maps`)."""
+        ``chunkformer.models.attention_maps.capture_attention_maps``)."""
         return capture_attention_maps(self, x)
 
 

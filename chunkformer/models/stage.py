@@ -26,7 +26,7 @@ def _call(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 class SCTStage(nn.Module):
     """Local chunk blocks -> LSH blocks -> linear pooling -> [CLS] + shifted MSA blocks (see
-    :class:`~chunkformer.models.config.StageConfig`).
+    ``StageConfig``).
 
     The stage's [CLS] is prepended to every frame before its shifted MSA layers and split off after them,
     so later stages see the token grid only and each shifted-MSA stage has a [CLS] of its own.
@@ -72,7 +72,8 @@ class SCTStage(nn.Module):
             )
             for _ in range(stage.local_depth)
         )
-        # shared_qk=False: a 3D-wide qkv like every other attention layer (the design note's counts).
+        # shared_qk=False: separate q, k, v projections (a 3D-wide qkv) like every other attention layer, the
+        # reading whose parameter and MAC counts docs/models.md tabulates against the paper's Table 3.
         self.lsh_blocks = nn.ModuleList(
             block(
                 stage.dim,

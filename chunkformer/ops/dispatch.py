@@ -1,12 +1,12 @@
 """One entry point for scaled dot-product attention with interchangeable kernels.
 
-Every layer in chunkformer calls :func:`attention`; which kernel runs is decided here, once, so that a user can
-switch all layers of a model with :func:`use_backend` or the ``CHUNKFORMER_ATTN_BACKEND`` environment variable
+Every layer in chunkformer calls ``attention``; which kernel runs is decided here, once, so that a user can
+switch all layers of a model with ``use_backend`` or the ``CHUNKFORMER_ATTN_BACKEND`` environment variable
 without touching model code.
 
 Backends:
 
-* ``"sdpa"``: :func:`torch.nn.functional.scaled_dot_product_attention`, the default on CPU and GPU.
+* ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention``, the default on CPU and GPU.
 * ``"xformers"``: ``xformers.ops.memory_efficient_attention``; chosen automatically only when xformers is
   installed, the inputs are on CUDA and xformers has a kernel for them. Imported lazily.
 * ``"math"``: a plain, readable softmax(QK^T)V in float32 (or float64) that the tests compare everything
@@ -40,10 +40,10 @@ __all__ = [
 ]
 
 BACKENDS: tuple[str, ...] = ("sdpa", "xformers", "math")
-"""Names accepted by ``backend=``, :func:`use_backend` and the environment variable (plus ``"auto"``)."""
+"""Names accepted by ``backend=``, ``use_backend`` and the environment variable (plus ``"auto"``)."""
 
 ENV_VAR = "CHUNKFORMER_ATTN_BACKEND"
-"""Environment variable read when neither ``backend=`` nor :func:`use_backend` chose a backend."""
+"""Environment variable read when neither ``backend=`` nor ``use_backend`` chose a backend."""
 
 _XFORMERS_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -115,7 +115,7 @@ def available_backends() -> dict[str, BackendStatus]:
     """Report which attention backends this machine can run and, for the others, why not.
 
     Returns:
-        A dict from backend name to :class:`BackendStatus`, in :data:`BACKENDS` order.
+        A dict from backend name to ``BackendStatus``, in ``BACKENDS`` order.
 
     Example:
         >>> from chunkformer.ops import available_backends
@@ -131,14 +131,14 @@ def available_backends() -> dict[str, BackendStatus]:
 
 @contextlib.contextmanager
 def use_backend(name: str | None) -> Iterator[None]:
-    """Select the attention backend for every :func:`attention` call inside the ``with`` block.
+    """Select the attention backend for every ``attention`` call inside the ``with`` block.
 
     An explicit ``backend=`` argument still wins. ``None`` or ``"auto"`` restores automatic selection, which
     also overrides the environment variable inside the block. Under ``torch.compile`` the choice is read
     once, when a graph is compiled; call ``torch._dynamo.reset()`` after switching.
 
     Args:
-        name: one of :data:`BACKENDS`, ``"auto"`` or None.
+        name: one of ``BACKENDS``, ``"auto"`` or None.
 
     Raises:
         TypeError: for a name that is not a str or None.
@@ -181,7 +181,7 @@ def _requested_backend(backend: str | None) -> tuple[str, str]:
 # does for os.environ reads: after switching backends, torch._dynamo.reset() makes compiled code follow.
 @torch.compiler.assume_constant_result
 def _ambient_request() -> tuple[str, str]:
-    """The backend asked for by the innermost :func:`use_backend` block, else the environment, else auto."""
+    """The backend asked for by the innermost ``use_backend`` block, else the environment, else auto."""
     override = _backend_override.get()
     if override is not None:
         return override, "use_backend()"
@@ -198,7 +198,7 @@ def current_backend(
     *,
     backend: str | None = None,
 ) -> str:
-    """The backend :func:`attention` would run for these inputs (CPU float32 tensors when omitted).
+    """The backend ``attention`` would run for these inputs (CPU float32 tensors when omitted).
 
     Raises:
         ValueError: for an unknown backend name.
@@ -428,7 +428,7 @@ def attention(
 ) -> torch.Tensor:
     """Scaled dot-product attention ``softmax(q k^T * scale + mask) v`` on the selected backend.
 
-    The backend is chosen, in order, by the ``backend`` argument, the innermost :func:`use_backend`
+    The backend is chosen, in order, by the ``backend`` argument, the innermost ``use_backend``
     block, the ``CHUNKFORMER_ATTN_BACKEND`` environment variable, then automatically (xformers when it
     is installed and the inputs are on CUDA in a dtype it supports, else SDPA). In automatic mode a
     shape xformers has no kernel for falls back to SDPA; when xformers was asked for explicitly, its

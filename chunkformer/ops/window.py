@@ -1,6 +1,6 @@
 """Cutting (B, H, W, C) token grids into non-overlapping windows and putting them back.
 
-These are the functional pieces behind :class:`chunkformer.layers.ChunkAttention`: pad the grid at the
+These are the functional pieces behind ``chunkformer.layers.ChunkAttention``: pad the grid at the
 bottom/right to a multiple of the window, cut it into windows, and a mask telling real tokens from padding.
 """
 
@@ -79,7 +79,7 @@ def window_partition(x: torch.Tensor, window_size: tuple[int, int]) -> torch.Ten
 def window_reverse(
     windows: torch.Tensor, window_size: tuple[int, int], height: int, width: int
 ) -> torch.Tensor:
-    """Inverse of :func:`window_partition` for a padded grid of ``height`` x ``width``.
+    """Inverse of ``window_partition`` for a padded grid of ``height`` x ``width``.
 
     Shape:
         - windows: (B * (height / wh) * (width / ww), wh * ww, C)
@@ -107,7 +107,7 @@ def window_valid_mask(
     opposite; that name still works, with a FutureWarning, for one release.
 
     Shape:
-        - output: (num_windows, wh * ww), bool, windows in :func:`window_partition` order
+        - output: (num_windows, wh * ww), bool, windows in ``window_partition`` order
     """
     window_h, window_w = window_size
     padded_h = height + (-height % window_h)
