@@ -95,7 +95,7 @@ def _build(impl: str, n_hashes: int, length: int, device: str = "cpu", dtype: st
     if impl == "reformer-pytorch":
         from reformer_pytorch.reformer_pytorch import LSHAttention
 
-        layer = LSHAttention(bucket_size=BUCKET, n_hashes=n_hashes, causal=False)
+        layer = LSHAttention(bucket_size=BUCKET, n_hashes=n_hashes, is_causal=False)
 
         def run(qk, v):
             out, _, _ = layer(qk.flatten(0, 1), v.flatten(0, 1))

@@ -42,6 +42,10 @@ class ClipSampler:
     short_videos: Literal["clamp", "loop"] = "clamp"
 
     def __post_init__(self) -> None:
+        for name in ("num_frames", "stride"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"ClipSampler: {name} must be an int, got {type(value).__name__} {value!r}")
         if self.num_frames < 1 or self.stride < 1:
             raise ValueError(
                 f"ClipSampler: num_frames and stride must be >= 1, got {self.num_frames}, {self.stride}"

@@ -11,7 +11,7 @@ run or its parts::
     result = train(config)                     # alone or under torchrun
     print(result.metrics.summary(), result.weights)
 
-or, step by step (what :func:`train` does)::
+or, step by step (what ``train`` does)::
 
     from chunkformer.engine import TrainState, end_epoch, prepare_run, train_one_epoch
     from chunkformer.engine.distributed import DistContext
@@ -23,11 +23,11 @@ or, step by step (what :func:`train` does)::
         stats, _ = train_one_epoch(run, state, logs)
         metrics, checkpoint = end_epoch(run, state, logs, stats)
 
-Modules: :mod:`~chunkformer.engine.config` (dataclasses and presets), :mod:`~chunkformer.engine.builders`
-(device, data, model, optimizer, schedule), :mod:`~chunkformer.engine.loop` (the loop),
-:mod:`~chunkformer.engine.evaluation`, :mod:`~chunkformer.engine.checkpoints` (atomic writes, RNG
-states), :mod:`~chunkformer.engine.distributed`, :mod:`~chunkformer.engine.logs`,
-:mod:`~chunkformer.engine.dependencies` and :mod:`~chunkformer.engine.ablation` (the ablation study).
+Modules: ``config`` (dataclasses and presets), ``builders``
+(device, data, model, optimizer, schedule), ``loop`` (the loop),
+``evaluation``, ``checkpoints`` (atomic writes, RNG
+states), ``distributed``, ``logs``,
+``dependencies`` and ``ablation`` (the ablation study).
 """
 
 from chunkformer.engine.builders import (

@@ -1,4 +1,4 @@
-"""What a run is made of, built from its :class:`~chunkformer.engine.config.TrainConfig`: the device and
+"""What a run is made of, built from its ``TrainConfig``: the device and
 precision, the video lists and datasets, the model, the optimizer and the learning-rate schedule.
 
 Each builder is usable on its own, e.g. to train a model of one's own with the recipe's data::
@@ -341,7 +341,7 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:
 def build_scheduler(
     config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """:func:`warmup_cosine` over ``optim.epochs``, with ``optim.warmup_epochs`` of warmup, stepped per
+    """``warmup_cosine`` over ``optim.epochs``, with ``optim.warmup_epochs`` of warmup, stepped per
     optimizer step. The schedule is not part of the scheduler's state dict: a resumed run follows the
     config it is given (e.g. more epochs)."""
     total = steps_per_epoch * config.optim.epochs

@@ -3,7 +3,7 @@
 The presets are Table 2 of the paper per dataset with section 4's optimisation (SGD momentum 0.9, cosine
 schedule with warmup, 50 epochs, batch 32/16/8 for SCT-S/M/L, crop 224), and ``motion``, the small default
 run (``sct_tiny`` on the built-in synthetic motion videos). Every field is a command-line flag of
-``recipes/train_kinetics.py`` (``--optim.lr 0.1``); in Python, change the fields of :func:`preset`'s copy::
+``recipes/train_kinetics.py`` (``--optim.lr 0.1``); in Python, change the fields of ``preset``'s copy::
 
     from chunkformer.engine import preset, train
 

@@ -30,7 +30,7 @@ class MissingDependencyError(ImportError):
 
 
 def require(*modules: str, purpose: str) -> None:
-    """Raise :class:`MissingDependencyError` naming every module of ``modules`` that is not installed.
+    """Raise ``MissingDependencyError`` naming every module of ``modules`` that is not installed.
 
     ``find_spec`` only looks the packages up, so the check costs milliseconds and imports nothing.
     """

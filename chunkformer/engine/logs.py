@@ -19,11 +19,11 @@ from chunkformer.engine.distributed import DistContext
 __all__ = ["RunLogs", "log", "progress_bar", "setup_logging"]
 
 log = logging.getLogger("chunkformer.train")
-"""The engine's logger; :func:`setup_logging` sends it to ``train.log`` and stdout."""
+"""The engine's logger; ``setup_logging`` sends it to ``train.log`` and stdout."""
 
 
 def setup_logging(out_dir: Path, ctx: DistContext) -> logging.Logger:
-    """Send :data:`log` to ``out_dir/train.log`` (appended) and stdout on rank 0; silence it elsewhere."""
+    """Send ``log`` to ``out_dir/train.log`` (appended) and stdout on rank 0; silence it elsewhere."""
     log.handlers.clear()
     log.setLevel(logging.INFO)
     log.propagate = False
@@ -94,7 +94,7 @@ class RunLogs:
             writer.writerow({k: _cell(row.get(k, "")) for k in fields})
 
     def step(self, row: dict[str, Any]) -> None:
-        """Append one optimizer step's row (keys: :attr:`STEP_FIELDS`)."""
+        """Append one optimizer step's row (keys: ``STEP_FIELDS``)."""
         if not self.enabled:
             return
         self._append("steps.csv", self.STEP_FIELDS, row)
@@ -103,7 +103,7 @@ class RunLogs:
                 self.writer.add_scalar(f"train/{key}", row[key], row["step"])
 
     def epoch(self, row: dict[str, Any]) -> None:
-        """Append one epoch's row (keys: :attr:`EPOCH_FIELDS`; validation columns may be missing)."""
+        """Append one epoch's row (keys: ``EPOCH_FIELDS``; validation columns may be missing)."""
         if not self.enabled:
             return
         self._append("epochs.csv", self.EPOCH_FIELDS, row)

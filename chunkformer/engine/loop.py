@@ -1,5 +1,5 @@
-"""The training loop: :func:`train` runs a whole configured run; :func:`prepare_run`,
-:func:`train_one_epoch`, :func:`train_step`, :func:`end_epoch` and :func:`save_state` are its parts.
+"""The training loop: ``train`` runs a whole configured run; ``prepare_run``,
+``train_one_epoch``, ``train_step``, ``end_epoch`` and ``save_state`` are its parts.
 
 A run is one process or one rank of a ``torchrun`` job (DDP: gloo on CPU, nccl on CUDA); only rank 0
 writes files. Checkpoints hold everything needed to continue bit for bit on CPU: weights, optimizer,
@@ -137,7 +137,7 @@ class EpochStats:
 
 @dataclasses.dataclass
 class TrainingRun:
-    """Everything :func:`prepare_run` builds for a run: the model and its optimizer, the data, the logs."""
+    """Everything ``prepare_run`` builds for a run: the model and its optimizer, the data, the logs."""
 
     config: TrainConfig
     ctx: DistContext

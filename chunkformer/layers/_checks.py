@@ -1,18 +1,32 @@
-"""Argument and input checks shared by the layers, so every error reads the same way."""
+"""Argument and input checks shared by the layers, so every error reads the same way.
+
+A value of the wrong type raises TypeError, a value of the right type out of range (or a tensor of the
+wrong shape) raises ValueError, as Python's built-ins do; every message names what was expected and what
+was given.
+"""
 
 from __future__ import annotations
 
 import torch
 
 
+def check_int(value: object, name: str, owner: str) -> int:
+    """TypeError unless ``value`` is an int (a bool is not: ``True`` as a size is a bug, not 1)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{owner}: {name} must be an int, got {type(value).__name__} {value!r}")
+    return value
+
+
 def check_positive_int(value: object, name: str, owner: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if check_int(value, name, owner) < 1:
         raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
     return value
 
 
 def check_probability(value: float, name: str, owner: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{owner}: {name} must be a float in [0, 1), got {type(value).__name__} {value!r}")
+    if not 0.0 <= value < 1.0:
         raise ValueError(f"{owner}: {name} must be a float in [0, 1), got {value!r}")
     return float(value)
 
@@ -45,6 +59,4 @@ def check_input(
         raise ValueError(f"{owner} expects input of shape {expected}, got {tuple(x.shape)}")
     if channels is not None and x.shape[channel_axis] != channels:
         layout = layouts[x.dim()]
-        raise ValueError(
-            f"{owner} expects input of shape {layout} with C={channels}, got {tuple(x.shape)}"
-        )
+        raise ValueError(f"{owner} expects input of shape {layout} with C={channels}, got {tuple(x.shape)}")

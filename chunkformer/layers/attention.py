@@ -13,7 +13,7 @@ from chunkformer.ops import attention
 class Attention(nn.Module):
     """Multi-head self-attention (MSA) over the tokens of each sequence, as in ViT.
 
-    Subclasses (:class:`ChunkAttention`, :class:`ShiftedAttention`) only change which tokens form a
+    Subclasses (``ChunkAttention``, ``ShiftedAttention``) only change which tokens form a
     sequence and where the keys come from; projections and kernel dispatch live here once.
 
     Args:

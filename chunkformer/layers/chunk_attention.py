@@ -7,7 +7,7 @@ from einops import repeat
 
 from chunkformer.layers._checks import check_input
 from chunkformer.layers.attention import Attention
-from chunkformer.ops import pad_to_multiple, to_pair, window_padding_mask, window_partition, window_reverse
+from chunkformer.ops import pad_to_multiple, to_pair, window_partition, window_reverse, window_valid_mask
 
 
 class ChunkAttention(Attention):
@@ -50,8 +50,8 @@ class ChunkAttention(Attention):
         super().__init__(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
         try:
             self.chunk_size = to_pair(chunk_size, "chunk_size")
-        except ValueError as error:
-            raise ValueError(f"ChunkAttention: {error}") from None
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"ChunkAttention: {error}") from None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         check_input(x, "ChunkAttention", {4: "(B, H, W, C)", 5: "(B, T, H, W, C)"}, self.dim)
@@ -61,7 +61,7 @@ class ChunkAttention(Attention):
         windows = window_partition(padded, self.chunk_size)
         attn_mask = None
         if padded.shape != frames.shape:
-            real = window_padding_mask(height, width, self.chunk_size, device=x.device)
+            real = window_valid_mask(height, width, self.chunk_size, device=x.device)
             attn_mask = repeat(real, "nw l -> (b nw) 1 1 l", b=frames.shape[0])
         q, k, v = self._split_qkv(windows, "bw l (three h d) -> three bw h l d")
         out = self._attend(q, k, v, attn_mask)

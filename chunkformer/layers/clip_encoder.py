@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from chunkformer.layers._checks import check_input, check_positive_int, check_probability
+from chunkformer._deprecation import renamed_kwargs
+from chunkformer.layers._checks import check_input, check_int, check_positive_int, check_probability
 from chunkformer.layers.attention import Attention
 from chunkformer.layers.block import PreNormBlock
 
@@ -14,7 +15,7 @@ class ClipEncoder(nn.Module):
     """Frame-level transformer: embed T frame features, prepend a clip [CLS], add a learnable (T + 1)
     position embedding, run ``depth`` pre-norm blocks, normalise, and classify the [CLS] output.
 
-    The head is eq. 8's MLP: Linear(dim -> head_hidden_dim), GELU, Dropout(``dropout``), Linear(-> classes);
+    The head is eq. 8's MLP: Linear(dim -> head_hidden_dim), GELU, Dropout(``head_drop``), Linear(-> classes);
     the paper puts dropout on that second-last layer only.
 
     Args:
@@ -26,12 +27,14 @@ class ClipEncoder(nn.Module):
         mlp_dim: hidden width of each block's MLP.
         num_classes: classes of the head; 0 returns the clip feature instead.
         head_hidden_dim: hidden width of the head MLP.
-        dropout: dropout before the head's last layer.
+        head_drop: dropout before the head's last layer. Its old name ``dropout`` still works, with a
+            FutureWarning, for one release.
 
     Shape:
         - frame_features: (B, T, in_dim) -> (B, num_classes), or (B, dim) when ``num_classes=0``
     """
 
+    @renamed_kwargs("ClipEncoder", dropout="head_drop")
     def __init__(
         self,
         in_dim: int,
@@ -42,7 +45,7 @@ class ClipEncoder(nn.Module):
         mlp_dim: int = 768,
         num_classes: int = 0,
         head_hidden_dim: int = 768,
-        dropout: float = 0.0,
+        head_drop: float = 0.0,
     ) -> None:
         super().__init__()
         self.in_dim = check_positive_int(in_dim, "in_dim", "ClipEncoder")
@@ -51,8 +54,8 @@ class ClipEncoder(nn.Module):
         check_positive_int(depth, "depth", "ClipEncoder")
         check_positive_int(mlp_dim, "mlp_dim", "ClipEncoder")
         check_positive_int(head_hidden_dim, "head_hidden_dim", "ClipEncoder")
-        check_probability(dropout, "dropout", "ClipEncoder")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        check_probability(head_drop, "head_drop", "ClipEncoder")
+        if check_int(num_classes, "num_classes", "ClipEncoder") < 0:
             raise ValueError(f"ClipEncoder: num_classes must be an int >= 0, got {num_classes!r}")
         if dim % check_positive_int(num_heads, "num_heads", "ClipEncoder"):
             raise ValueError(f"ClipEncoder: dim ({dim}) must be divisible by num_heads ({num_heads})")
@@ -70,7 +73,7 @@ class ClipEncoder(nn.Module):
             self.head = nn.Sequential(
                 nn.Linear(dim, head_hidden_dim),
                 nn.GELU(),
-                nn.Dropout(dropout),
+                nn.Dropout(head_drop),
                 nn.Linear(head_hidden_dim, num_classes),
             )
         nn.init.trunc_normal_(self.cls_token, std=0.02)
@@ -87,7 +90,8 @@ class ClipEncoder(nn.Module):
         if frames != self.num_frames:
             raise ValueError(
                 f"ClipEncoder was built for num_frames={self.num_frames} (its position embedding has "
-                f"{self.num_frames + 1} rows) but got T={frames} frames in input {tuple(frame_features.shape)}"
+                f"{self.num_frames + 1} rows) but got T={frames} frames in input "
+                f"{tuple(frame_features.shape)}"
             )
         tokens = self.frame_embed(frame_features)
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)

@@ -26,7 +26,7 @@ def drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -
 
 
 class DropPath(nn.Module):
-    """Stochastic depth (Huang et al. 2016) for residual branches; see :func:`drop_path`.
+    """Stochastic depth (Huang et al. 2016) for residual branches; see ``drop_path``.
 
     Args:
         drop_prob: probability of dropping the branch for a sample, in [0, 1).

@@ -9,6 +9,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from chunkformer._deprecation import renamed_kwargs
 from chunkformer.layers._checks import check_heads, check_input, check_positive_int, check_probability
 from chunkformer.ops import lsh_attention
 
@@ -101,7 +102,7 @@ def _generator_state(key: str, value: object) -> torch.Tensor:
 
 
 class LSHAttention(nn.Module):
-    """Multi-head angular-LSH attention (:func:`chunkformer.ops.lsh_attention`) with its projections.
+    """Multi-head angular-LSH attention (``chunkformer.ops.lsh_attention``) with its projections.
 
     A (B, H, W, C) or (B, T, H, W, C) input is one sequence per image (the paper's image LSH attention over
     all tokens of a frame); a (B, N, C) input is one sequence per batch element.
@@ -130,7 +131,8 @@ class LSHAttention(nn.Module):
         num_heads: heads; must divide ``dim``.
         bucket_size: LSH block length.
         n_hashes: hash rounds.
-        causal: strictly causal attention over the sequence order (row-major for images).
+        is_causal: strictly causal attention over the sequence order (row-major for images). Its old name
+            ``causal`` still works, with a FutureWarning, for one release.
         shared_qk: Reformer's shared-QK attention (keys are the normalised queries; no key projection).
         qkv_bias: bias in the input projection.
         attn_drop: dropout on the attention weights (training only; masks from the module's generator).
@@ -143,13 +145,14 @@ class LSHAttention(nn.Module):
         - x: (B, T, H, W, C) -> (B, T, H, W, C); key_padding_mask: (B, T, H, W)
     """
 
+    @renamed_kwargs("LSHAttention", causal="is_causal")
     def __init__(
         self,
         dim: int,
         num_heads: int = 8,
         bucket_size: int = 64,
         n_hashes: int = 4,
-        causal: bool = False,
+        is_causal: bool = False,
         shared_qk: bool = True,
         qkv_bias: bool = False,
         attn_drop: float = 0.0,
@@ -162,11 +165,11 @@ class LSHAttention(nn.Module):
         self.num_heads = num_heads
         self.bucket_size = check_positive_int(bucket_size, "bucket_size", "LSHAttention")
         self.n_hashes = check_positive_int(n_hashes, "n_hashes", "LSHAttention")
-        self.causal = bool(causal)
+        self.is_causal = bool(is_causal)
         self.shared_qk = bool(shared_qk)
         self.attn_drop = check_probability(attn_drop, "attn_drop", "LSHAttention")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"LSHAttention: seed must be an int or None, got {seed!r}")
+            raise TypeError(f"LSHAttention: seed must be an int or None, got {type(seed).__name__} {seed!r}")
         if seed is not None and not _INT64_MIN <= seed <= _INT64_MAX:
             # The state dict holds the seed as an int64 tensor.
             raise ValueError(f"LSHAttention: seed must fit in int64 ([-2**63, 2**63 - 1]), got {seed}")
@@ -180,6 +183,12 @@ class LSHAttention(nn.Module):
         # one of the two). Mutated in place, never rebound: DataParallel replicas share these dicts.
         self._generators: dict[str, torch.Generator] = {}
         self._pending_states: dict[str, torch.Tensor] = {}
+
+    @property
+    def causal(self) -> bool:
+        """The old name of ``is_causal``, read-only (the op call reads it until ``lsh_attention`` takes
+        ``is_causal``)."""
+        return self.is_causal
 
     def _generator(self, device: torch.device) -> torch.Generator:
         """Training: this module's advancing generator for ``device``. Eval: a fresh one at ``seed``."""
@@ -242,7 +251,9 @@ class LSHAttention(nn.Module):
         tokens = x if x.dim() == 3 else x.reshape(-1, shape[-3] * shape[-2], self.dim)
         mask = None if key_padding_mask is None else key_padding_mask.reshape(tokens.shape[:2])
         parts = 2 if self.shared_qk else 3
-        projected = rearrange(self.qkv(tokens), "b n (parts h d) -> parts b h n d", parts=parts, h=self.num_heads)
+        projected = rearrange(
+            self.qkv(tokens), "b n (parts h d) -> parts b h n d", parts=parts, h=self.num_heads
+        )
         q, v = projected[0], projected[-1]
         k = None if self.shared_qk else projected[1]
         device = x.device if x.device.type != "meta" else torch.device("cpu")
@@ -319,5 +330,6 @@ class LSHAttention(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, num_heads={self.num_heads}, bucket_size={self.bucket_size}, "
-            f"n_hashes={self.n_hashes}, causal={self.causal}, shared_qk={self.shared_qk}, seed={self.seed}"
+            f"n_hashes={self.n_hashes}, is_causal={self.is_causal}, shared_qk={self.shared_qk}, "
+            f"seed={self.seed}"
         )

@@ -40,8 +40,8 @@ class ChunkPatchEmbed(nn.Module):
         self.dim = check_positive_int(dim, "dim", "ChunkPatchEmbed")
         try:
             self.chunk_size = to_pair(chunk_size, "chunk_size")
-        except ValueError as error:
-            raise ValueError(f"ChunkPatchEmbed: {error}") from None
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"ChunkPatchEmbed: {error}") from None
         # A Linear rather than a strided Conv2d: the paper's E is a matrix, and FLOP counters then report
         # it as the matmul it is.
         self.proj = nn.Linear(patch_size * patch_size * in_chans, dim)
@@ -61,7 +61,9 @@ class ChunkPatchEmbed(nn.Module):
         pattern = "b c h w" if x.dim() == 4 else "b c t h w"
         patches = rearrange(
             x,
-            pattern.replace("h w", "(h p1) (w p2)") + " -> " + pattern.replace("b c", "b").replace("h w", "h w (p1 p2 c)"),
+            pattern.replace("h w", "(h p1) (w p2)")
+            + " -> "
+            + pattern.replace("b c", "b").replace("h w", "h w (p1 p2 c)"),
             p1=self.patch_size,
             p2=self.patch_size,
         )
@@ -76,4 +78,7 @@ class ChunkPatchEmbed(nn.Module):
         return tiled[:height, :width]
 
     def extra_repr(self) -> str:
-        return f"patch_size={self.patch_size}, in_chans={self.in_chans}, dim={self.dim}, chunk_size={self.chunk_size}"
+        return (
+            f"patch_size={self.patch_size}, in_chans={self.in_chans}, dim={self.dim}, "
+            f"chunk_size={self.chunk_size}"
+        )

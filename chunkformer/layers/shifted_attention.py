@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from chunkformer.layers._checks import check_input
+from chunkformer.layers._checks import check_input, check_int
 from chunkformer.layers.attention import Attention
 
 
@@ -38,9 +38,7 @@ class ShiftedAttention(Attention):
         proj_drop: float = 0.0,
     ) -> None:
         super().__init__(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
-        if isinstance(shift, bool) or not isinstance(shift, int):
-            raise ValueError(f"ShiftedAttention: shift must be an int, got {shift!r}")
-        self.shift = shift
+        self.shift = check_int(shift, "shift", "ShiftedAttention")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         check_input(x, "ShiftedAttention", {4: "(B, T, N, C)"}, self.dim)

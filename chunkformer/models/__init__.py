@@ -1,4 +1,4 @@
-"""Models built from chunkformer layers: the Shifted Chunk Transformer, its presets and a timm-style registry."""
+"""Models built from chunkformer layers: the Shifted Chunk Transformer, its presets, a timm-style registry."""
 
 from chunkformer.models.attention_maps import AttentionMaps, capture_attention_maps
 from chunkformer.models.config import SCTConfig, StageConfig

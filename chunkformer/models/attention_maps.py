@@ -12,7 +12,7 @@ from chunkformer.layers import Attention, ShiftedAttention
 
 
 class AttentionMaps(NamedTuple):
-    """What :func:`capture_attention_maps` returns.
+    """What ``capture_attention_maps`` returns.
 
     Key index 0 of both maps is the [CLS] token itself (it is one of the keys the softmax runs over), so
     every row sums to one; ``frame[..., 1:]`` are the patch tokens in row-major order of ``grid``.
@@ -61,11 +61,11 @@ def capture_attention_maps(model: nn.Module, x: torch.Tensor) -> AttentionMaps:
     when maps are not requested.
 
     Args:
-        model: a :class:`~chunkformer.models.ShiftedChunkTransformer`.
+        model: a ``ShiftedChunkTransformer``.
         x: one batch of clips.
 
     Shape:
-        - x: (B, C, T, H, W); see :class:`AttentionMaps` for the outputs.
+        - x: (B, C, T, H, W); see ``AttentionMaps`` for the outputs.
     """
     shifted = model.shifted_blocks[-1].attn
     clip = model.clip_encoder.blocks[-1].attn

@@ -18,14 +18,14 @@ def _snapshot(layers: Sequence[LSHAttention]) -> list[dict[str, torch.Tensor]]:
 
 
 def _restore(layers: Sequence[LSHAttention], snapshot: Sequence[dict[str, torch.Tensor]]) -> None:
-    for layer, states in zip(layers, snapshot):
+    for layer, states in zip(layers, snapshot, strict=True):
         layer.set_generator_states(states)
 
 
 def lsh_state_contexts(
     layers: Sequence[LSHAttention],
 ) -> tuple[contextlib.AbstractContextManager[None], contextlib.AbstractContextManager[None]]:
-    """``context_fn`` for :func:`torch.utils.checkpoint.checkpoint`: the recomputation sees the LSH rotations
+    """``context_fn`` for ``torch.utils.checkpoint.checkpoint``: the recomputation sees the LSH rotations
     (and LSH attention-dropout masks) of the original forward.
 
     LSHAttention draws rotations from its own generators, which ``preserve_rng_state`` does not cover:
@@ -55,7 +55,9 @@ def lsh_state_contexts(
 
 
 @torch.compiler.disable
-def _checkpoint_replaying_lsh(block: nn.Module, x: torch.Tensor, lsh_layers: list[LSHAttention]) -> torch.Tensor:
+def _checkpoint_replaying_lsh(
+    block: nn.Module, x: torch.Tensor, lsh_layers: list[LSHAttention]
+) -> torch.Tensor:
     # Dynamo cannot trace a custom context_fn (NotImplementedError in torch 2.13), so under torch.compile
     # these blocks run eagerly between compiled graphs; the rest of the model still compiles.
     return checkpoint(block, x, use_reentrant=False, context_fn=lambda: lsh_state_contexts(lsh_layers))

@@ -16,7 +16,7 @@ class StageConfig:
 
     Args:
         dim: width of the stage's input tokens (and of its local and LSH layers).
-        local_depth: local chunk attention layers (:class:`~chunkformer.layers.ChunkAttention`).
+        local_depth: local chunk attention layers (``ChunkAttention``).
         lsh_depth: image LSH attention layers over all tokens of a frame.
         shifted_depth: shifted MSA layers (after the pooling, if any).
         local_heads: heads of each local chunk layer.
@@ -102,7 +102,7 @@ class SCTConfig:
         object.__setattr__(self, "stages", stages)
         if not stages:
             raise ValueError("SCTConfig: stages must list at least one StageConfig")
-        for index, (previous, stage) in enumerate(zip(stages, stages[1:]), start=1):
+        for index, (previous, stage) in enumerate(zip(stages, stages[1:], strict=False), start=1):
             if stage.dim != previous.out_dim:
                 raise ValueError(
                     f"SCTConfig: stage {index} has dim={stage.dim} but stage {index - 1} outputs "
@@ -110,8 +110,8 @@ class SCTConfig:
                 )
         if stages[-1].shifted_depth < 1:
             raise ValueError(
-                "SCTConfig: the last stage needs shifted_depth >= 1: its per-frame [CLS] outputs are the frame "
-                "features fed to the clip encoder"
+                "SCTConfig: the last stage needs shifted_depth >= 1: its per-frame [CLS] outputs are the "
+                "frame features fed to the clip encoder"
             )
 
     @property

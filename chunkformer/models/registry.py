@@ -1,4 +1,9 @@
-"""Model registry, timm-style: presets register by decorator and are built by name."""
+"""Model registry, timm-style: presets register by decorator and are built by name.
+
+This module imports no model module: the package ``chunkformer.models`` imports the preset modules (which
+register themselves with ``register_model``), and importing this module runs the package first, so the
+registry is complete whichever module a caller imports.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +34,6 @@ def register_model(factory: Factory) -> Factory:
 def list_models(pattern: str = "") -> list[str]:
     """Names of the registered models, sorted; with ``pattern``, those matching it (shell-style wildcards,
     as timm's ``list_models("vit_*")``)."""
-    _import_presets()
     return sorted(name for name in _MODELS if not pattern or fnmatch.fnmatchcase(name, pattern))
 
 
@@ -88,7 +92,6 @@ def create_model(
         overrides = {**recorded.overrides, **overrides}
     num_classes = 400 if num_classes is None else num_classes
     num_frames = 24 if num_frames is None else num_frames
-    _import_presets()
     if name not in _MODELS:
         raise ValueError(f"create_model: unknown model {name!r}; available: {', '.join(sorted(_MODELS))}")
     model = _MODELS[name](num_classes=num_classes, num_frames=num_frames, **overrides)
@@ -101,10 +104,3 @@ def create_model(
     elif checkpoint_filter is not None:
         raise ValueError("create_model: checkpoint_filter needs a checkpoint_path")
     return model
-
-
-def _import_presets() -> None:
-    # The presets register themselves on import; importing here makes the registry complete even when a
-    # caller imported only this module.
-    import chunkformer.models.sct  # noqa: F401
-    import chunkformer.models.tiny  # noqa: F401

@@ -71,7 +71,9 @@ class ShiftedChunkTransformer(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(config, SCTConfig):
-            raise TypeError(f"ShiftedChunkTransformer: config must be an SCTConfig, got {type(config).__name__}")
+            raise TypeError(
+                f"ShiftedChunkTransformer: config must be an SCTConfig, got {type(config).__name__}"
+            )
         self.config = config
         self.num_classes = num_classes
         self.num_frames = num_frames
@@ -80,7 +82,9 @@ class ShiftedChunkTransformer(nn.Module):
         self.grad_checkpointing = False
         self._check_frame_size(img_size, img_size, "img_size")
 
-        self.patch_embed = ChunkPatchEmbed(config.patch_size, config.in_chans, config.stages[0].dim, config.chunk_size)
+        self.patch_embed = ChunkPatchEmbed(
+            config.patch_size, config.in_chans, config.stages[0].dim, config.chunk_size
+        )
         rates = iter(_drop_path_rates(config.drop_path_rate, config.depth))
         stages = []
         for stage in config.stages:
@@ -97,7 +101,7 @@ class ShiftedChunkTransformer(nn.Module):
             mlp_dim=config.clip_mlp_dim,
             num_classes=num_classes,
             head_hidden_dim=config.head_hidden_dim,
-            dropout=config.head_drop_rate,
+            head_drop=config.head_drop_rate,
         )
         self.apply(_init_weights)
 
@@ -125,13 +129,20 @@ class ShiftedChunkTransformer(nn.Module):
         if height % multiple or width % multiple:
             raise ValueError(
                 f"ShiftedChunkTransformer: {what} H and W must be multiples of {multiple} (patch_size "
-                f"{self.config.patch_size} x 2^{self.config.num_poolings} poolings), got H={height}, W={width}"
+                f"{self.config.patch_size} x 2^{self.config.num_poolings} poolings), "
+                f"got H={height}, W={width}"
             )
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor) or x.dim() != 5:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"ShiftedChunkTransformer expects input of shape (B, C, T, H, W), got {shape}")
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(
+                "ShiftedChunkTransformer expects a torch.Tensor of shape (B, C, T, H, W), "
+                f"got {type(x).__name__}"
+            )
+        if x.dim() != 5:
+            raise ValueError(
+                f"ShiftedChunkTransformer expects input of shape (B, C, T, H, W), got {tuple(x.shape)}"
+            )
         self._check_frame_size(x.shape[-2], x.shape[-1], "input")
         frames = x.shape[2]
         if frames != self.num_frames and not self.interpolate_pos:
@@ -159,7 +170,9 @@ class ShiftedChunkTransformer(nn.Module):
         """The clip position embedding for ``frames`` frames: [CLS] row kept, frame rows linearly
         interpolated (align_corners=False, as timm resizes position embeddings)."""
         pos = self.clip_encoder.pos_embed
-        frame_rows = F.interpolate(pos[:, 1:].transpose(1, 2), size=frames, mode="linear", align_corners=False)
+        frame_rows = F.interpolate(
+            pos[:, 1:].transpose(1, 2), size=frames, mode="linear", align_corners=False
+        )
         return torch.cat([pos[:, :1], frame_rows.transpose(1, 2)], dim=1)
 
     def _clip_features(self, frame_features: torch.Tensor) -> torch.Tensor:
@@ -191,7 +204,7 @@ class ShiftedChunkTransformer(nn.Module):
 
     def forward_attention_maps(self, x: torch.Tensor) -> AttentionMaps:
         """A forward pass that also returns the attention maps of Fig. 3 (see
-        :func:`chunkformer.models.attention_maps.capture_attention_maps`)."""
+        ``chunkformer.models.attention_maps.capture_attention_maps``)."""
         return capture_attention_maps(self, x)
 
 
@@ -201,7 +214,11 @@ _MODEL_KWARGS = ("img_size", "interpolate_pos")
 
 
 def sct_config(
-    dim: int, local_depth: int, heads: tuple[int, int, int, int], local_in_every_stage: bool = False, **fields: Any
+    dim: int,
+    local_depth: int,
+    heads: tuple[int, int, int, int],
+    local_in_every_stage: bool = False,
+    **fields: Any,
 ) -> SCTConfig:
     """The paper reading's config for embedding size ``dim`` (Table 3's D), ``local_depth`` (M) and
     ``heads`` = [local, LSH, shifted, clip]: three stages, D -> 2D -> 4D, each LSH -> pooling -> shifted
@@ -224,7 +241,9 @@ def sct_config(
     return SCTConfig(stages=stages, clip_heads=clip, **fields)
 
 
-def _build(config: SCTConfig, num_classes: int, num_frames: int, overrides: dict[str, Any]) -> ShiftedChunkTransformer:
+def _build(
+    config: SCTConfig, num_classes: int, num_frames: int, overrides: dict[str, Any]
+) -> ShiftedChunkTransformer:
     model_kwargs = {key: overrides.pop(key) for key in _MODEL_KWARGS if key in overrides}
     fields = {f.name for f in dataclasses.fields(SCTConfig)}
     unknown = sorted(set(overrides) - fields)
@@ -256,9 +275,13 @@ def sct_l(num_classes: int = 400, num_frames: int = 24, **overrides: Any) -> Shi
 
 
 @register_model
-def sct_s_local_every_stage(num_classes: int = 400, num_frames: int = 24, **overrides: Any) -> ShiftedChunkTransformer:
+def sct_s_local_every_stage(
+    num_classes: int = 400, num_frames: int = 24, **overrides: Any
+) -> ShiftedChunkTransformer:
     """Another reading of SCT-S (not the default): M local chunk layers in every stage, not just the first."""
-    return _build(sct_config(96, 4, (4, 6, 8, 8), local_in_every_stage=True), num_classes, num_frames, overrides)
+    return _build(
+        sct_config(96, 4, (4, 6, 8, 8), local_in_every_stage=True), num_classes, num_frames, overrides
+    )
 
 
 @register_model
@@ -270,6 +293,8 @@ def vit_b16_sct(num_classes: int = 400, num_frames: int = 24, **overrides: Any) 
     single chunk, so each is full attention over the frame, and the 196-row chunk position embedding is
     ViT's. (At other sizes the frame is cut into 14 x 14 windows.)
     """
-    stage = StageConfig(dim=768, local_depth=12, shifted_depth=1, local_heads=12, shifted_heads=12, mlp_ratio=4.0)
+    stage = StageConfig(
+        dim=768, local_depth=12, shifted_depth=1, local_heads=12, shifted_heads=12, mlp_ratio=4.0
+    )
     config = SCTConfig(stages=(stage,), patch_size=16, chunk_size=14, clip_heads=8)
     return _build(config, num_classes, num_frames, overrides)

@@ -26,7 +26,7 @@ def _call(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 class SCTStage(nn.Module):
     """Local chunk blocks -> LSH blocks -> linear pooling -> [CLS] + shifted MSA blocks (see
-    :class:`~chunkformer.models.config.StageConfig`).
+    ``StageConfig``).
 
     The stage's [CLS] is prepended to every frame before its shifted MSA layers and split off after them,
     so later stages see the token grid only and each shifted-MSA stage has a [CLS] of its own.
@@ -55,7 +55,7 @@ class SCTStage(nn.Module):
 
         def block(width: int, attn: nn.Module) -> PreNormBlock:
             return PreNormBlock(
-                width, attn, mlp_ratio=stage.mlp_ratio, drop=config.drop_rate, drop_path=next(rates)
+                width, attn, mlp_ratio=stage.mlp_ratio, proj_drop=config.drop_rate, drop_path=next(rates)
             )
 
         drops = {"attn_drop": config.attn_drop_rate, "proj_drop": config.drop_rate}
@@ -63,12 +63,17 @@ class SCTStage(nn.Module):
             block(
                 stage.dim,
                 ChunkAttention(
-                    stage.dim, stage.local_heads, chunk_size=config.chunk_size, qkv_bias=config.qkv_bias, **drops
+                    stage.dim,
+                    stage.local_heads,
+                    chunk_size=config.chunk_size,
+                    qkv_bias=config.qkv_bias,
+                    **drops,
                 ),
             )
             for _ in range(stage.local_depth)
         )
-        # shared_qk=False: a 3D-wide qkv like every other attention layer (the design note's counts).
+        # shared_qk=False: separate q, k, v projections (a 3D-wide qkv) like every other attention layer, the
+        # reading whose parameter and MAC counts docs/models.md tabulates against the paper's Table 3.
         self.lsh_blocks = nn.ModuleList(
             block(
                 stage.dim,
@@ -87,7 +92,9 @@ class SCTStage(nn.Module):
         )
         self.pool: nn.Module = nn.Identity()
         if stage.pool:
-            self.pool = LinearPooling(stage.dim, stage.out_dim, norm_layer=nn.LayerNorm if config.pool_norm else None)
+            self.pool = LinearPooling(
+                stage.dim, stage.out_dim, norm_layer=nn.LayerNorm if config.pool_norm else None
+            )
         width = stage.out_dim
         self.cls_token: nn.Parameter | None = None
         if stage.shifted_depth:
@@ -96,7 +103,9 @@ class SCTStage(nn.Module):
         self.shifted_blocks = nn.ModuleList(
             block(
                 width,
-                ShiftedAttention(width, stage.shifted_heads, shift=config.shift, qkv_bias=config.qkv_bias, **drops),
+                ShiftedAttention(
+                    width, stage.shifted_heads, shift=config.shift, qkv_bias=config.qkv_bias, **drops
+                ),
             )
             for _ in range(stage.shifted_depth)
         )

@@ -32,7 +32,7 @@ __all__ = ["sct_tiny", "sct_tiny_config"]
 
 
 def sct_tiny_config(**fields: Any) -> SCTConfig:
-    """The tiny architecture; ``fields`` override :class:`SCTConfig` fields."""
+    """The tiny architecture; ``fields`` override ``SCTConfig`` fields."""
     stage = StageConfig(
         dim=32,
         local_depth=1,

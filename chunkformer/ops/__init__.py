@@ -18,6 +18,7 @@ from chunkformer.ops.window import (
     window_padding_mask,
     window_partition,
     window_reverse,
+    window_valid_mask,
 )
 
 __all__ = [
@@ -36,4 +37,5 @@ __all__ = [
     "window_padding_mask",
     "window_partition",
     "window_reverse",
+    "window_valid_mask",
 ]

@@ -1,12 +1,12 @@
 """One entry point for scaled dot-product attention with interchangeable kernels.
 
-Every layer in chunkformer calls :func:`attention`; which kernel runs is decided here, once, so that a user can
-switch all layers of a model with :func:`use_backend` or the ``CHUNKFORMER_ATTN_BACKEND`` environment variable
+Every layer in chunkformer calls ``attention``; which kernel runs is decided here, once, so that a user can
+switch all layers of a model with ``use_backend`` or the ``CHUNKFORMER_ATTN_BACKEND`` environment variable
 without touching model code.
 
 Backends:
 
-* ``"sdpa"``: :func:`torch.nn.functional.scaled_dot_product_attention`, the default on CPU and GPU.
+* ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention``, the default on CPU and GPU.
 * ``"xformers"``: ``xformers.ops.memory_efficient_attention``; chosen automatically only when xformers is
   installed, the inputs are on CUDA and xformers has a kernel for them. Imported lazily.
 * ``"math"``: a plain, readable softmax(QK^T)V in float32 (or float64) that the tests compare everything
@@ -40,10 +40,10 @@ __all__ = [
 ]
 
 BACKENDS: tuple[str, ...] = ("sdpa", "xformers", "math")
-"""Names accepted by ``backend=``, :func:`use_backend` and the environment variable (plus ``"auto"``)."""
+"""Names accepted by ``backend=``, ``use_backend`` and the environment variable (plus ``"auto"``)."""
 
 ENV_VAR = "CHUNKFORMER_ATTN_BACKEND"
-"""Environment variable read when neither ``backend=`` nor :func:`use_backend` chose a backend."""
+"""Environment variable read when neither ``backend=`` nor ``use_backend`` chose a backend."""
 
 _XFORMERS_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -83,14 +83,15 @@ def _xformers_import_error() -> str | None:
         importlib.import_module("xformers.ops")
     except Exception as error:  # a broken install raises anything from ImportError to RuntimeError
         return f"xformers is installed but `import xformers.ops` failed: {type(error).__name__}: {error}"
-    # A wheel built for another torch / CUDA imports, warns, and then has no kernel for any CUDA input: even the
-    # operators that call PyTorch's kernels ("cutlassF-pt", "fa2F@...-pt") report themselves available and then
-    # refuse every input with "xFormers wasn't build with CUDA support" (xformers 0.0.35 on torch 2.11, H200).
+    # A wheel built for another torch / CUDA imports, warns, and then has no kernel for any CUDA input: even
+    # the operators that call PyTorch's kernels ("cutlassF-pt", "fa2F@...-pt") report themselves available and
+    # then refuse every input with "xFormers wasn't build with CUDA support" (xformers 0.0.35 on torch 2.11,
+    # H200).
     cpp_lib = importlib.import_module("xformers._cpp_lib")
     if not getattr(cpp_lib, "_built_with_cuda", True):
         return (
-            "xformers is installed but its C++/CUDA extensions did not load (a build for another torch or CUDA "
-            "version; `python -m xformers.info` says which)"
+            "xformers is installed but its C++/CUDA extensions did not load (a build for another torch or "
+            "CUDA version; `python -m xformers.info` says which)"
         )
     return None
 
@@ -114,7 +115,7 @@ def available_backends() -> dict[str, BackendStatus]:
     """Report which attention backends this machine can run and, for the others, why not.
 
     Returns:
-        A dict from backend name to :class:`BackendStatus`, in :data:`BACKENDS` order.
+        A dict from backend name to ``BackendStatus``, in ``BACKENDS`` order.
 
     Example:
         >>> from chunkformer.ops import available_backends
@@ -130,16 +131,17 @@ def available_backends() -> dict[str, BackendStatus]:
 
 @contextlib.contextmanager
 def use_backend(name: str | None) -> Iterator[None]:
-    """Select the attention backend for every :func:`attention` call inside the ``with`` block.
+    """Select the attention backend for every ``attention`` call inside the ``with`` block.
 
     An explicit ``backend=`` argument still wins. ``None`` or ``"auto"`` restores automatic selection, which
     also overrides the environment variable inside the block. Under ``torch.compile`` the choice is read
     once, when a graph is compiled; call ``torch._dynamo.reset()`` after switching.
 
     Args:
-        name: one of :data:`BACKENDS`, ``"auto"`` or None.
+        name: one of ``BACKENDS``, ``"auto"`` or None.
 
     Raises:
+        TypeError: for a name that is not a str or None.
         ValueError: for an unknown name.
 
     Example:
@@ -158,6 +160,10 @@ def use_backend(name: str | None) -> Iterator[None]:
 
 
 def _check_backend_name(name: str | None, source: str) -> None:
+    if name is not None and not isinstance(name, str):
+        raise TypeError(
+            f"attention backend from {source} must be a str or None, got {type(name).__name__} {name!r}"
+        )
     if name is not None and name != "auto" and name not in BACKENDS:
         choices = ", ".join(repr(n) for n in ("auto", *BACKENDS))
         raise ValueError(f"unknown attention backend {name!r} from {source}; expected one of {choices}")
@@ -175,7 +181,7 @@ def _requested_backend(backend: str | None) -> tuple[str, str]:
 # does for os.environ reads: after switching backends, torch._dynamo.reset() makes compiled code follow.
 @torch.compiler.assume_constant_result
 def _ambient_request() -> tuple[str, str]:
-    """The backend asked for by the innermost :func:`use_backend` block, else the environment, else auto."""
+    """The backend asked for by the innermost ``use_backend`` block, else the environment, else auto."""
     override = _backend_override.get()
     if override is not None:
         return override, "use_backend()"
@@ -192,7 +198,7 @@ def current_backend(
     *,
     backend: str | None = None,
 ) -> str:
-    """The backend :func:`attention` would run for these inputs (CPU float32 tensors when omitted).
+    """The backend ``attention`` would run for these inputs (CPU float32 tensors when omitted).
 
     Raises:
         ValueError: for an unknown backend name.
@@ -265,11 +271,17 @@ def _check_inputs(
         raise TypeError(f"attention expects q, k, v of one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"attention expects q, k, v on one device, got {q.device}, {k.device}, {v.device}")
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
+        raise TypeError(
+            f"attention expects dropout_p to be a float in [0, 1), got {type(dropout_p).__name__}"
+        )
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"attention expects 0 <= dropout_p < 1, got {dropout_p}")
     if attn_mask is not None:
         if not isinstance(attn_mask, torch.Tensor):
-            raise TypeError(f"attention expects attn_mask to be a Tensor or None, got {type(attn_mask).__name__}")
+            raise TypeError(
+                f"attention expects attn_mask to be a Tensor or None, got {type(attn_mask).__name__}"
+            )
         if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
             raise TypeError(
                 f"attention expects attn_mask of dtype torch.bool (True = may attend) or a float dtype "
@@ -314,7 +326,9 @@ def _guard_empty_rows(attn_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
         row_has_key = attn_mask.any(dim=-1, keepdim=True)
         return attn_mask | ~row_has_key, row_has_key
     row_has_key = (attn_mask != float("-inf")).any(dim=-1, keepdim=True)
-    return torch.where(row_has_key, attn_mask, torch.zeros((), dtype=attn_mask.dtype, device=attn_mask.device)), row_has_key
+    return torch.where(
+        row_has_key, attn_mask, torch.zeros((), dtype=attn_mask.dtype, device=attn_mask.device)
+    ), row_has_key
 
 
 def _math_attention(
@@ -414,7 +428,7 @@ def attention(
 ) -> torch.Tensor:
     """Scaled dot-product attention ``softmax(q k^T * scale + mask) v`` on the selected backend.
 
-    The backend is chosen, in order, by the ``backend`` argument, the innermost :func:`use_backend`
+    The backend is chosen, in order, by the ``backend`` argument, the innermost ``use_backend``
     block, the ``CHUNKFORMER_ATTN_BACKEND`` environment variable, then automatically (xformers when it
     is installed and the inputs are on CUDA in a dtype it supports, else SDPA). In automatic mode a
     shape xformers has no kernel for falls back to SDPA; when xformers was asked for explicitly, its
@@ -441,8 +455,10 @@ def attention(
         The attention output.
 
     Raises:
-        ValueError: on inconsistent shapes, a mask that does not broadcast, or an unknown backend.
-        TypeError: on non-float inputs or an integer mask.
+        ValueError: on inconsistent shapes, a mask that does not broadcast, tensors on different devices,
+            ``dropout_p`` outside [0, 1), or an unknown backend.
+        TypeError: on a non-tensor or non-float input, inputs of different dtypes, an integer mask, or a
+            non-number ``dropout_p``.
         AttentionBackendError: when the requested backend cannot run these inputs here.
 
     Shape:
@@ -481,7 +497,9 @@ def attention(
         try:
             out = _KERNELS[name](q, k, v, attn_mask, dropout_p, is_causal, scale)
         except NotImplementedError as error:  # xformers lists why no kernel fits
-            raise AttentionBackendError(f"attention backend {name!r} cannot run these inputs:\n{error}") from error
+            raise AttentionBackendError(
+                f"attention backend {name!r} cannot run these inputs:\n{error}"
+            ) from error
     if row_has_key is not None:
         out = out.masked_fill(~row_has_key, 0.0)
     return out

@@ -13,7 +13,7 @@ def test_train_clip_arithmetic() -> None:
     assert sampler.span() == 10
     for seed in range(20):
         indices = sampler.train_indices(30, torch.Generator().manual_seed(seed))
-        assert [b - a for a, b in zip(indices, indices[1:])] == [3, 3, 3]
+        assert [b - a for a, b in zip(indices, indices[1:], strict=False)] == [3, 3, 3]
         assert 0 <= indices[0] <= 20 and indices[-1] <= 29
 
 
@@ -72,6 +72,13 @@ def test_a_video_without_frames_names_the_clip_settings() -> None:
         ClipSampler(8, 2).train_indices(0, torch.Generator())
     with pytest.raises(ValueError, match="short_videos must be 'clamp' or 'loop', got 'pad'"):
         ClipSampler(8, short_videos="pad")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("field", "value"), [("num_frames", 8.0), ("stride", True), ("num_frames", "8")])
+def test_non_int_sizes_are_type_errors(field: str, value: object) -> None:
+    kwargs = {"num_frames": 8, "stride": 1, field: value}
+    with pytest.raises(TypeError, match=rf"ClipSampler: {field} must be an int, got {type(value).__name__}"):
+        ClipSampler(**kwargs)  # type: ignore[arg-type]
 
 
 def test_stride_counted_at_a_frame_rate() -> None:

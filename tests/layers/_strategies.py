@@ -145,7 +145,7 @@ def grid_side(draw: st.DrawFn, chunk: int) -> int:
 
 
 def malformed_sizes() -> st.SearchStrategy[object]:
-    """Values that are neither a positive int nor a pair of positive ints."""
+    """Ints or sequences of ints that are neither a positive int nor a pair of positive ints (ValueError)."""
     non_positive = st.integers(-3, 0)
     return st.one_of(
         non_positive,
@@ -153,9 +153,17 @@ def malformed_sizes() -> st.SearchStrategy[object]:
         st.tuples(st.integers(1, 4), non_positive),
         st.lists(st.integers(1, 4), min_size=0, max_size=4).filter(lambda v: len(v) != 2),
         st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(1, 4)),
+    )
+
+
+def mistyped_sizes() -> st.SearchStrategy[object]:
+    """Sizes of the wrong type: not an int nor a pair of ints (TypeError)."""
+    return st.one_of(
         st.floats(0.5, 8.0),
         st.booleans(),
-        st.text(min_size=1, max_size=2),
+        st.tuples(st.integers(1, 4), st.floats(0.5, 4.0)),
+        st.tuples(st.booleans(), st.integers(1, 4)),
+        st.text(min_size=1, max_size=1),
         st.none(),
     )
 
@@ -263,7 +271,7 @@ def gradcheck_module(module: nn.Module, inputs: Sequence[torch.Tensor], **gradch
     xs = [x.detach().double().requires_grad_(True) for x in inputs]
 
     def fn(*args: torch.Tensor) -> torch.Tensor:
-        values = dict(zip(names, args[len(xs) :]))
+        values = dict(zip(names, args[len(xs) :], strict=True))
         return functional_call(module, values, tuple(args[: len(xs)]))
 
     assert torch.autograd.gradcheck(fn, (*xs, *params), **gradcheck_kwargs)

@@ -134,6 +134,21 @@ def test_bad_dropout_raises(p: float, which: str) -> None:
         Attention(4, 2, **{which: p})
 
 
+@pytest.mark.parametrize("p", [True, "0.1", None])
+@pytest.mark.parametrize("which", ["attn_drop", "proj_drop"])
+def test_non_number_dropout_raises_type_error(p: object, which: str) -> None:
+    with pytest.raises(
+        TypeError, match=rf"Attention: {which} must be a float in \[0, 1\), got {type(p).__name__}"
+    ):
+        Attention(4, 2, **{which: p})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", [2.0, True, "4"])
+def test_non_int_dim_raises_type_error(value: object) -> None:
+    with pytest.raises(TypeError, match=rf"Attention: dim must be an int, got {type(value).__name__}"):
+        Attention(value, 1)  # type: ignore[arg-type]
+
+
 @given(shape=wrong_rank_shapes(ranks=[3], channels=4))
 def test_wrong_rank_raises(shape: tuple[int, ...]) -> None:
     module = Attention(4, 2)

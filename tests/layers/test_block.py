@@ -167,8 +167,8 @@ def test_block_non_positive_mlp_ratio_raises(ratio: float) -> None:
 def test_block_bad_probabilities_raise(p: float) -> None:
     with pytest.raises(ValueError, match=r"PreNormBlock: drop_path must be a float in \[0, 1\)"):
         PreNormBlock(4, nn.Identity(), drop_path=p)
-    with pytest.raises(ValueError, match=r"Mlp: drop must be a float in \[0, 1\)"):
-        PreNormBlock(4, nn.Identity(), drop=p)
+    with pytest.raises(ValueError, match=r"Mlp: proj_drop must be a float in \[0, 1\)"):
+        PreNormBlock(4, nn.Identity(), proj_drop=p)
 
 
 @settings(max_examples=2)
@@ -244,8 +244,8 @@ def test_mlp_non_positive_sizes_raise(which: str, value: int) -> None:
 
 @given(p=bad_probabilities())
 def test_mlp_bad_dropout_raises(p: float) -> None:
-    with pytest.raises(ValueError, match=r"Mlp: drop must be a float in \[0, 1\)"):
-        Mlp(4, drop=p)
+    with pytest.raises(ValueError, match=r"Mlp: proj_drop must be a float in \[0, 1\)"):
+        Mlp(4, proj_drop=p)
 
 
 @given(width=st.integers(1, 9).filter(lambda w: w != 4), leading=st.lists(st.integers(1, 3), max_size=3))

@@ -27,6 +27,7 @@ from tests.layers._strategies import (
     heads,
     keep_global_rng,
     malformed_sizes,
+    mistyped_sizes,
     one_thread,
     plain_attention,
     randn,
@@ -205,6 +206,12 @@ def test_int_chunk_equals_square_pair(case: Case) -> None:
 @given(chunk_size=malformed_sizes())
 def test_malformed_chunk_size_raises(chunk_size: object) -> None:
     with pytest.raises(ValueError, match="ChunkAttention: chunk_size must be"):
+        ChunkAttention(4, 2, chunk_size)  # type: ignore[arg-type]
+
+
+@given(chunk_size=mistyped_sizes())
+def test_mistyped_chunk_size_raises_type_error(chunk_size: object) -> None:
+    with pytest.raises(TypeError, match="ChunkAttention: chunk_size must be .*, got"):
         ChunkAttention(4, 2, chunk_size)  # type: ignore[arg-type]
 
 

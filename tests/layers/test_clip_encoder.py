@@ -154,7 +154,7 @@ def test_structure(case: Case) -> None:
 @given(p=st.floats(0.0, 0.9))
 def test_dropout_sits_before_the_last_head_layer_only(p: float) -> None:
     module = ClipEncoder(
-        4, 2, dim=4, depth=1, num_heads=2, mlp_dim=8, num_classes=3, head_hidden_dim=6, dropout=p
+        4, 2, dim=4, depth=1, num_heads=2, mlp_dim=8, num_classes=3, head_hidden_dim=6, head_drop=p
     )
     dropouts = [m for m in module.modules() if isinstance(m, nn.Dropout) and m.p > 0]
     assert all(m is module.head[2] for m in dropouts)
@@ -218,7 +218,9 @@ def test_non_positive_sizes_raise(which: str, value: object) -> None:
         "mlp_dim": 4,
     }
     kwargs[which] = value
-    with pytest.raises(ValueError, match=rf"ClipEncoder: {which} must be a positive int"):
+    # A value of the wrong type is a TypeError, an int below 1 a ValueError.
+    error, message = (ValueError, "a positive int") if type(value) is int else (TypeError, "an int, got")
+    with pytest.raises(error, match=rf"ClipEncoder: {which} must be {message}"):
         ClipEncoder(**kwargs)  # type: ignore[arg-type]
 
 
@@ -231,8 +233,14 @@ def test_dim_not_divisible_by_heads_raises(num_heads: int, data: st.DataObject) 
         ClipEncoder(4, 2, dim=dim, depth=1, num_heads=num_heads, mlp_dim=4)
 
 
-@given(num_classes=st.one_of(st.integers(-3, -1), st.floats(0.5, 3.0), st.booleans()))
-def test_bad_num_classes_raises(num_classes: object) -> None:
+@given(num_classes=st.one_of(st.floats(0.5, 3.0), st.booleans()))
+def test_non_int_num_classes_raises_type_error(num_classes: object) -> None:
+    with pytest.raises(TypeError, match=r"ClipEncoder: num_classes must be an int, got (float|bool)"):
+        ClipEncoder(4, 2, dim=4, depth=1, num_heads=2, mlp_dim=4, num_classes=num_classes)  # type: ignore[arg-type]
+
+
+@given(num_classes=st.integers(-3, -1))
+def test_bad_num_classes_raises(num_classes: int) -> None:
     with pytest.raises(ValueError, match=r"ClipEncoder: num_classes must be an int >= 0"):
         ClipEncoder(
             4,
@@ -247,8 +255,8 @@ def test_bad_num_classes_raises(num_classes: object) -> None:
 
 @given(p=bad_probabilities())
 def test_bad_dropout_raises(p: float) -> None:
-    with pytest.raises(ValueError, match=r"ClipEncoder: dropout must be a float in \[0, 1\)"):
-        ClipEncoder(4, 2, dim=4, depth=1, num_heads=2, mlp_dim=4, num_classes=2, dropout=p)
+    with pytest.raises(ValueError, match=r"ClipEncoder: head_drop must be a float in \[0, 1\)"):
+        ClipEncoder(4, 2, dim=4, depth=1, num_heads=2, mlp_dim=4, num_classes=2, head_drop=p)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -134,11 +134,19 @@ def test_without_norm_is_linear(case: Case) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-@given(value=st.one_of(st.integers(-3, 0), st.floats(0.5, 4.0), st.booleans()))
-def test_bad_dims_raise(value: object) -> None:
+@given(value=st.integers(-3, 0))
+def test_bad_dims_raise(value: int) -> None:
     with pytest.raises(ValueError, match="LinearPooling: dim must be a positive int"):
-        LinearPooling(value)  # type: ignore[arg-type]
+        LinearPooling(value)
     with pytest.raises(ValueError, match="LinearPooling: out_dim must be a positive int"):
+        LinearPooling(4, value)
+
+
+@given(value=st.one_of(st.floats(0.5, 4.0), st.booleans()))
+def test_non_int_dims_raise_type_error(value: object) -> None:
+    with pytest.raises(TypeError, match="LinearPooling: dim must be an int, got"):
+        LinearPooling(value)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="LinearPooling: out_dim must be an int, got"):
         LinearPooling(4, value)  # type: ignore[arg-type]
 
 

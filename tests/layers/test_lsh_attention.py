@@ -61,7 +61,7 @@ class Case:
         kwargs: dict[str, object] = {
             "bucket_size": self.bucket_size,
             "n_hashes": self.n_hashes,
-            "causal": self.causal,
+            "is_causal": self.causal,
             "shared_qk": self.shared_qk,
             "qkv_bias": self.qkv_bias,
             "seed": self.seed + 5 if rotation_seed is None else rotation_seed,
@@ -282,7 +282,9 @@ def test_eval_is_reproducible_and_uses_the_seed(case: Case) -> None:
     # Both attending nothing (causal, separate q and k, tiny input) makes them equal whatever the rotations.
     bias = module.proj.bias
     assume(bool((out != bias).any() or any((other != bias).any() for other in others)))
-    assert any(not torch.equal(other, out) for other in others), "modules with other seeds produced the same output"
+    assert any(not torch.equal(other, out) for other in others), (
+        "modules with other seeds produced the same output"
+    )
 
 
 @given(case=hashed_cases(), warmup=st.integers(0, 2), attn_drop=st.sampled_from([0.0, 0.3]))
@@ -442,11 +444,19 @@ def test_old_and_new_format_together_are_an_error() -> None:
 @pytest.mark.parametrize(
     "key, value, message",
     [
-        ("seed", torch.tensor(1.0), r"seed: expected the LSHAttention seed as an int 0-d tensor, got a "
-         r"torch.float32 tensor of shape \(\)"),
+        (
+            "seed",
+            torch.tensor(1.0),
+            r"seed: expected the LSHAttention seed as an int 0-d tensor, got a "
+            r"torch.float32 tensor of shape \(\)",
+        ),
         ("seed", torch.tensor([1]), r"seed: expected the LSHAttention seed as an int 0-d tensor"),
-        ("generator_state.cpu", torch.zeros(2, 3, dtype=torch.uint8), r"generator_state.cpu: expected a "
-         r"generator state as a uint8 1-D tensor, got a torch.uint8 tensor of shape \(2, 3\)"),
+        (
+            "generator_state.cpu",
+            torch.zeros(2, 3, dtype=torch.uint8),
+            r"generator_state.cpu: expected a "
+            r"generator state as a uint8 1-D tensor, got a torch.uint8 tensor of shape \(2, 3\)",
+        ),
     ],
 )
 def test_malformed_entries_say_why(key: str, value: torch.Tensor, message: str) -> None:
@@ -624,7 +634,7 @@ def test_gradcheck_float64(causal: bool, shared_qk: bool, seed: int) -> None:
     # Evaluation mode: fixed rotations, so the function gradcheck differentiates is deterministic.
     module = build(
         lambda: LSHAttention(
-            4, 2, bucket_size=2, n_hashes=2, causal=causal, shared_qk=shared_qk, qkv_bias=True, seed=seed
+            4, 2, bucket_size=2, n_hashes=2, is_causal=causal, shared_qk=shared_qk, qkv_bias=True, seed=seed
         ),
         seed,
     ).eval()
@@ -664,3 +674,11 @@ def test_compiled_eval_matches_eager(shared_qk: bool) -> None:
         torch.testing.assert_close(
             compiled(x, key_padding_mask=mask), module(x, key_padding_mask=mask), atol=1e-6, rtol=1e-6
         )
+
+
+@pytest.mark.parametrize("seed", [1.0, True, "1"])
+def test_non_int_seed_raises_type_error(seed: object) -> None:
+    with pytest.raises(
+        TypeError, match=rf"LSHAttention: seed must be an int or None, got {type(seed).__name__}"
+    ):
+        LSHAttention(8, 2, seed=seed)  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from tests.layers._strategies import (
     gradcheck_module,
     keep_global_rng,
     malformed_sizes,
+    mistyped_sizes,
     one_thread,
     randn,
     randomize_,
@@ -182,13 +183,26 @@ def test_malformed_chunk_size_raises(chunk_size: object) -> None:
         ChunkPatchEmbed(2, 3, 4, chunk_size)  # type: ignore[arg-type]
 
 
+@given(chunk_size=mistyped_sizes())
+def test_mistyped_chunk_size_raises_type_error(chunk_size: object) -> None:
+    with pytest.raises(TypeError, match="ChunkPatchEmbed: chunk_size must be .*, got"):
+        ChunkPatchEmbed(2, 3, 4, chunk_size)  # type: ignore[arg-type]
+
+
+@given(value=st.integers(-3, 0), which=st.sampled_from(["patch_size", "in_chans", "dim"]))
+def test_non_positive_sizes_raise(value: int, which: str) -> None:
+    kwargs = {"patch_size": 2, "in_chans": 3, "dim": 4, which: value}
+    with pytest.raises(ValueError, match=rf"ChunkPatchEmbed: {which} must be a positive int, got {value}"):
+        ChunkPatchEmbed(**kwargs)
+
+
 @given(
-    value=st.one_of(st.integers(-3, 0), st.floats(0.5, 4.0), st.booleans()),
+    value=st.one_of(st.floats(0.5, 4.0), st.booleans()),
     which=st.sampled_from(["patch_size", "in_chans", "dim"]),
 )
-def test_non_positive_sizes_raise(value: object, which: str) -> None:
+def test_non_int_sizes_raise_type_error(value: object, which: str) -> None:
     kwargs = {"patch_size": 2, "in_chans": 3, "dim": 4, which: value}
-    with pytest.raises(ValueError, match=rf"ChunkPatchEmbed: {which} must be a positive int"):
+    with pytest.raises(TypeError, match=rf"ChunkPatchEmbed: {which} must be an int, got (float|bool)"):
         ChunkPatchEmbed(**kwargs)  # type: ignore[arg-type]
 
 

@@ -156,7 +156,7 @@ def test_keys_not_values_come_from_the_other_frame(case: Case) -> None:
 
 @given(shift=st.one_of(st.floats(-3, 3), st.booleans(), st.text(max_size=2), st.none()))
 def test_non_int_shift_raises(shift: object) -> None:
-    with pytest.raises(ValueError, match="ShiftedAttention: shift must be an int"):
+    with pytest.raises(TypeError, match="ShiftedAttention: shift must be an int, got"):
         ShiftedAttention(4, 2, shift=shift)  # type: ignore[arg-type]
 
 

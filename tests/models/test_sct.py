@@ -56,6 +56,14 @@ def test_bad_frame_size_names_multiple(size: tuple[int, int]) -> None:
         model(torch.randn(1, 3, 2, *size))
 
 
+def test_non_tensor_input_is_a_type_error_and_wrong_rank_a_value_error() -> None:
+    model = tiny_model().eval()
+    with pytest.raises(TypeError, match=r"expects a torch.Tensor of shape \(B, C, T, H, W\), got list"):
+        model([1, 2, 3])
+    with pytest.raises(ValueError, match=r"expects input of shape \(B, C, T, H, W\), got \(1, 3, 8, 8\)"):
+        model(torch.zeros(1, 3, 8, 8))
+
+
 def test_frame_count_mismatch_is_an_error_unless_interpolating() -> None:
     torch.manual_seed(0)
     model = tiny_model(num_frames=3).eval()
@@ -106,7 +114,11 @@ def test_gradient_reaches_every_parameter() -> None:
 
 def test_drop_path_increases_linearly() -> None:
     model = tiny_model(drop_path_rate=0.3)
-    rates = [block.drop_path1.drop_prob for stage in model.stages for block in (*stage.local_blocks, *stage.lsh_blocks, *stage.shifted_blocks)]
+    rates = [
+        block.drop_path1.drop_prob
+        for stage in model.stages
+        for block in (*stage.local_blocks, *stage.lsh_blocks, *stage.shifted_blocks)
+    ]
     assert rates == pytest.approx([0.0, 0.075, 0.15, 0.225, 0.3])
 
 

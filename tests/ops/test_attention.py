@@ -45,6 +45,8 @@ def fp32_grad_tol(reference: torch.Tensor) -> dict[str, float]:
     |dq| up to 16) put sdpa and math 2e-5 apart on a small entry, a relative error of 1e-6 of the terms.
     """
     return {"atol": FP32_TOL["atol"] * max(1.0, float(reference.abs().max())), "rtol": FP32_TOL["rtol"]}
+
+
 # Worst sdpa-vs-math differences seen over 300 random CPU cases, relative to the values' size: float16 6.5e-4
 # (output) and 6.7e-3 (gradients), bfloat16 5e-3 and 3.3e-2. Gradients differ more because SDPA rounds its
 # backward intermediates to the input dtype while the math kernel works in float32.
@@ -636,7 +638,9 @@ def test_xformers_built_for_another_torch_is_reported_unavailable(
     fake_ops, fake_cpp_lib = types.ModuleType("xformers.ops"), types.ModuleType("xformers._cpp_lib")
     fake_cpp_lib._built_with_cuda = built_with_cuda  # type: ignore[attr-defined]
     modules = {"xformers.ops": fake_ops, "xformers._cpp_lib": fake_cpp_lib}
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: object() if name == "xformers" else None)
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: object() if name == "xformers" else None
+    )
     monkeypatch.setattr(importlib, "import_module", lambda name, *args: modules[name])
     dispatch._xformers_import_error.cache_clear()
     try:
@@ -914,6 +918,24 @@ def test_dropout_out_of_range_is_rejected(dropout_p: float) -> None:
     q, k, v = small_qkv()
     with pytest.raises(ValueError, match=re.escape(f"0 <= dropout_p < 1, got {dropout_p}")):
         attention(q, k, v, dropout_p=dropout_p)
+
+
+@pytest.mark.parametrize("dropout_p", [True, "0.1", None])
+def test_non_number_dropout_is_a_type_error(dropout_p: object) -> None:
+    q, k, v = small_qkv()
+    with pytest.raises(
+        TypeError, match=f"dropout_p to be a float in \\[0, 1\\), got {type(dropout_p).__name__}"
+    ):
+        attention(q, k, v, dropout_p=dropout_p)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", [1, b"sdpa", ["math"]])
+def test_non_str_backend_name_is_a_type_error(name: object) -> None:
+    q, k, v = small_qkv()
+    with pytest.raises(TypeError, match=f"must be a str or None, got {type(name).__name__}"):
+        attention(q, k, v, backend=name)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="use_backend"), use_backend(name):  # type: ignore[arg-type]
+        pass
 
 
 def test_mask_on_another_device_is_rejected() -> None:

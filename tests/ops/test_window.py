@@ -12,7 +12,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chunkformer.ops import pad_to_multiple, to_pair, window_padding_mask, window_partition, window_reverse
+from chunkformer.ops import pad_to_multiple, to_pair, window_partition, window_reverse, window_valid_mask
 
 sizes = st.integers(1, 5)
 
@@ -117,15 +117,15 @@ def test_pad_to_multiple_returns_the_input_when_it_already_fits(
 
 
 @given(height=st.integers(1, 12), width=st.integers(1, 12), window=st.tuples(sizes, sizes))
-def test_window_padding_mask_matches_loop_reference(height: int, width: int, window: tuple[int, int]) -> None:
-    mask = window_padding_mask(height, width, window)
+def test_window_valid_mask_matches_loop_reference(height: int, width: int, window: tuple[int, int]) -> None:
+    mask = window_valid_mask(height, width, window)
     assert mask.dtype == torch.bool
     torch.testing.assert_close(mask, reference_padding_mask(height, width, window), atol=0, rtol=0)
     assert int(mask.sum()) == height * width
 
 
 @given(case=any_grid())
-def test_window_padding_mask_marks_exactly_the_real_tokens(
+def test_window_valid_mask_marks_exactly_the_real_tokens(
     case: tuple[torch.Tensor, tuple[int, int]],
 ) -> None:
     # Tie the three helpers together: padding a grid of ones and cutting it shows where the real tokens are.
@@ -133,11 +133,11 @@ def test_window_padding_mask_marks_exactly_the_real_tokens(
     _, height, width, _ = grid.shape
     ones = torch.ones(1, height, width, 1)
     windows = window_partition(pad_to_multiple(ones, window), window)[..., 0]
-    torch.testing.assert_close(window_padding_mask(height, width, window), windows.bool(), atol=0, rtol=0)
+    torch.testing.assert_close(window_valid_mask(height, width, window), windows.bool(), atol=0, rtol=0)
 
 
-def test_window_padding_mask_honours_device() -> None:
-    mask = window_padding_mask(5, 7, (2, 3), device="meta")
+def test_window_valid_mask_honours_device() -> None:
+    mask = window_valid_mask(5, 7, (2, 3), device="meta")
     assert mask.device.type == "meta"
     assert mask.shape == (3 * 3, 6)
 
@@ -157,19 +157,30 @@ def test_to_pair_accepts_pairs(pair: tuple[int, int], as_list: bool) -> None:
 @given(
     value=st.one_of(
         st.integers(max_value=0),
-        st.booleans(),
         st.tuples(st.integers(max_value=0), st.integers(1, 9)),
         st.tuples(st.integers(1, 9), st.integers(max_value=0)),
-        st.tuples(st.booleans(), st.integers(1, 9)),
-        st.tuples(st.integers(1, 9), st.booleans()),
         st.lists(st.integers(1, 9), max_size=5).filter(lambda v: len(v) != 2).map(tuple),
         st.lists(st.integers(1, 9), max_size=5).filter(lambda v: len(v) != 2),
+    )
+)
+def test_to_pair_rejects_invalid_values(value: object) -> None:
+    with pytest.raises(ValueError, match="window_size"):
+        to_pair(value, name="window_size")  # type: ignore[arg-type]
+
+
+@given(
+    value=st.one_of(
+        st.booleans(),
+        st.tuples(st.booleans(), st.integers(1, 9)),
+        st.tuples(st.integers(1, 9), st.booleans()),
         st.floats(allow_nan=False),
         st.tuples(st.floats(1, 9), st.integers(1, 9)),
         st.text(max_size=3),
         st.none(),
     )
 )
-def test_to_pair_rejects_invalid_values(value: object) -> None:
-    with pytest.raises(ValueError, match="window_size"):
+def test_to_pair_rejects_invalid_types_with_type_error(value: object) -> None:
+    with pytest.raises(
+        TypeError, match=r"window_size must be a positive int or an \(h, w\) pair of them, got"
+    ):
         to_pair(value, name="window_size")  # type: ignore[arg-type]
