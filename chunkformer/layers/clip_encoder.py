@@ -68,16 +68,34 @@ class ClipEncoder(nn.Module):
             PreNormBlock(dim, Attention(dim, num_heads), mlp_hidden_dim=mlp_dim) for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim)
-        self.head: nn.Module = nn.Identity()
-        if num_classes > 0:
-            self.head = nn.Sequential(
-                nn.Linear(dim, head_hidden_dim),
-                nn.GELU(),
-                nn.Dropout(head_drop),
-                nn.Linear(head_hidden_dim, num_classes),
-            )
+        self.head_hidden_dim = head_hidden_dim
+        self.head_drop = head_drop
+        self.head: nn.Module = self._make_head(num_classes)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def _make_head(self, num_classes: int) -> nn.Module:
+        if num_classes == 0:
+            return nn.Identity()
+        return nn.Sequential(
+            nn.Linear(self.dim, self.head_hidden_dim),
+            nn.GELU(),
+            nn.Dropout(self.head_drop),
+            nn.Linear(self.head_hidden_dim, num_classes),
+        )
+
+    def get_classifier(self) -> nn.Module:
+        """The head (eq. 8's MLP), or ``nn.Identity`` without classes, as timm's ``get_classifier``."""
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head with a fresh one for ``num_classes`` classes (0: no head, the clip feature is
+        the output), on the device and dtype of the encoder, as timm's ``reset_classifier``."""
+        if check_int(num_classes, "num_classes", "ClipEncoder.reset_classifier") < 0:
+            raise ValueError(f"ClipEncoder.reset_classifier: num_classes must be >= 0, got {num_classes}")
+        reference = self.norm.weight
+        self.head = self._make_head(num_classes).to(device=reference.device, dtype=reference.dtype)
+        self.num_classes = num_classes
 
     def forward_features(self, frame_features: torch.Tensor) -> torch.Tensor:
         """The normalised clip [CLS] feature, before the head.

@@ -196,6 +196,19 @@ class ShiftedChunkTransformer(nn.Module):
         """
         return self._clip_features(self.forward_frame_features(x))
 
+    def get_classifier(self) -> nn.Module:
+        """The classification head (timm's ``get_classifier``)."""
+        return self.clip_encoder.get_classifier()
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh head for ``num_classes`` classes (0: the model returns clip features), e.g. to fine-tune
+        Kinetics weights on UCF101; ``model_spec`` follows (its class names no longer apply)."""
+        self.clip_encoder.reset_classifier(num_classes)
+        self.num_classes = num_classes
+        spec = getattr(self, "model_spec", None)
+        if spec is not None:
+            self.model_spec = dataclasses.replace(spec, num_classes=num_classes, class_names=None)
+
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.clip_encoder.head(features)
 

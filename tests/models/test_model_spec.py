@@ -95,3 +95,26 @@ def test_list_models_takes_a_pattern_and_pretrained_is_refused() -> None:
     assert list_models("no_such_*") == []
     with pytest.raises(ValueError, match=r"no pretrained weights.*checkpoint_path"):
         create_model("sct_tiny", pretrained=True)
+
+
+def test_reset_classifier_gives_a_fresh_head_and_the_spec_follows(tmp_path: Path) -> None:
+    model = _tiny(num_classes=5)
+    model.model_spec.class_names = list("abcde")
+    head = model.get_classifier()
+    assert isinstance(head, torch.nn.Sequential) and head[-1].out_features == 5
+    kept = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("clip_encoder.head")}
+    model.reset_classifier(3)
+    assert model.get_classifier()[-1].out_features == 3 and model.num_classes == 3
+    assert model.model_spec.num_classes == 3 and model.model_spec.class_names is None
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in kept.items())
+    clip = torch.randn(2, 3, 4, 16, 16)
+    assert model(clip).shape == (2, 3)
+    model.reset_classifier(0)
+    assert isinstance(model.get_classifier(), torch.nn.Identity) and model(clip).shape == (2, 64)
+    # The reset model saves and rebuilds with its new head.
+    model.reset_classifier(7)
+    path = tmp_path / "reset.safetensors"
+    save_checkpoint(model, path)
+    assert create_model(checkpoint_path=path)(clip).shape == (2, 7)
+    with pytest.raises(ValueError, match="num_classes must be >= 0"):
+        model.reset_classifier(-1)
