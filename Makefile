@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 VIDEO_STAMP := $(VENV)/.installed-video
 
-.PHONY: install train example test docs bench clean
+.PHONY: install train example test lint docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ example: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# ruff's rules and format (pyproject.toml); the version is pinned in the test extra so CI and editors agree.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 docs: $(STAMP)
 	$(PY) -m mkdocs build --strict

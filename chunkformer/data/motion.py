@@ -46,8 +46,14 @@ MOTION_VARIANTS: tuple[str, ...] = ("basic", "hard")
 _DIRECTIONS = {
     "basic": {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)},
     "hard": {
-        "right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0),
-        "downright": (1, 1), "downleft": (1, -1), "upright": (-1, 1), "upleft": (-1, -1),
+        "right": (0, 1),
+        "left": (0, -1),
+        "down": (1, 0),
+        "up": (-1, 0),
+        "downright": (1, 1),
+        "downleft": (1, -1),
+        "upright": (-1, 1),
+        "upleft": (-1, -1),
     },
 }
 # Pixels per frame at 32 x 32, scaled with the frame size.
@@ -68,7 +74,10 @@ def motion_classes(variant: str = "basic") -> tuple[str, ...]:
 def motion_flip_label_map(variant: str = "basic") -> list[int]:
     """Label of a horizontally flipped clip, per label: right <-> left, everything else unchanged."""
     classes = motion_classes(variant)
-    return [classes.index(name.replace("right", "@").replace("left", "right").replace("@", "left")) for name in classes]
+    return [
+        classes.index(name.replace("right", "@").replace("left", "right").replace("@", "left"))
+        for name in classes
+    ]
 
 
 MOTION_CLASSES: tuple[str, ...] = motion_classes("basic")
@@ -110,9 +119,12 @@ class MotionDatasetSpec:
 
 
 def default_motion_root(variant: str = "basic") -> Path:
-    """``$CHUNKFORMER_CACHE`` or ``~/.cache/chunkformer``, then ``motion-v1`` (``motion-hard-v1`` for ``hard``)."""
+    """``$CHUNKFORMER_CACHE`` or ``~/.cache/chunkformer``, then ``motion-v1`` (``motion-hard-v1`` for
+    ``hard``)."""
     _check_variant(variant)
-    base = os.environ.get("CHUNKFORMER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "chunkformer")
+    base = os.environ.get("CHUNKFORMER_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "chunkformer"
+    )
     return Path(base) / ("motion-v1" if variant == "basic" else f"motion-{variant}-v1")
 
 
@@ -165,7 +177,9 @@ def render_motion_video(
         def distractor(t: int) -> tuple[np.ndarray, np.ndarray]:
             return _shape_mask(size, d_shape, d_side, d_top + d_dy * t, d_left + d_dx * t), d_colour
     else:
-        static = _shape_mask(size, ("disc", "square")[int(rng.integers(2))], side * 0.7, *rng.uniform(0, size, 2))
+        static = _shape_mask(
+            size, ("disc", "square")[int(rng.integers(2))], side * 0.7, *rng.uniform(0, size, 2)
+        )
 
         def distractor(t: int) -> tuple[np.ndarray, np.ndarray]:
             return static, static_colour
@@ -195,7 +209,8 @@ def _write_video(path: Path, video: np.ndarray, fps: int, codec: str) -> None:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = video.shape[2], video.shape[1]
         stream.pix_fmt = "yuv420p"
-        # Near-lossless and single-threaded: tiny moving shapes survive, and the bytes depend on the seed only.
+        # Near-lossless and single-threaded: tiny moving shapes survive, and the bytes depend on the seed
+        # only.
         stream.options = {"crf": "12", "preset": "veryfast"} if codec == "libx264" else {"qscale": "2"}
         stream.codec_context.thread_count = 1
         for image in video:
@@ -225,14 +240,21 @@ def ensure_motion_dataset(root: str | Path | None = None, spec: MotionDatasetSpe
     work = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
         codec = _pick_codec(spec.codec)
-        for split_id, (split, per_class) in enumerate((("train", spec.train_per_class), ("val", spec.val_per_class))):
+        for split_id, (split, per_class) in enumerate(
+            (("train", spec.train_per_class), ("val", spec.val_per_class))
+        ):
             lines = []
             for label, name in enumerate(motion_classes(spec.variant)):
                 (work / split / name).mkdir(parents=True)
                 for n in range(per_class):
                     rng = np.random.default_rng([spec.seed, split_id, label, n])
                     relative = f"{split}/{name}/{n:04d}.mp4"
-                    _write_video(work / relative, render_motion_video(label, rng, spec.frames, spec.size, spec.variant), spec.fps, codec)
+                    _write_video(
+                        work / relative,
+                        render_motion_video(label, rng, spec.frames, spec.size, spec.variant),
+                        spec.fps,
+                        codec,
+                    )
                     lines.append(f"{relative} {label}")
             (work / f"{split}.txt").write_text("\n".join(lines) + "\n")
         (work / "classes.txt").write_text("\n".join(motion_classes(spec.variant)) + "\n")

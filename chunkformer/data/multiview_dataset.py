@@ -54,7 +54,8 @@ class MultiViewDataset(Dataset):
         if short_side is not None and short_side < transform.crop_size:
             # The transform resizes the short side to the crop: decoding smaller only loses detail.
             raise ValueError(
-                f"MultiViewDataset: short_side must be at least the crop ({transform.crop_size}) or None, got {short_side}"
+                f"MultiViewDataset: short_side must be at least the crop ({transform.crop_size}) or None, "
+                f"got {short_side}"
             )
         self.short_side = short_side
 

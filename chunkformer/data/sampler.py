@@ -30,7 +30,13 @@ class ResumableSampler(Sampler[tuple[int, int]]):
     """
 
     def __init__(
-        self, length: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0, drop_last: bool = False
+        self,
+        length: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
     ) -> None:
         if not 0 <= rank < num_replicas:
             raise ValueError(f"ResumableSampler: rank {rank} outside [0, {num_replicas})")

@@ -87,7 +87,9 @@ def _with_time_limit(path: str | Path, time_limit: float | None, what: str, func
     stuck = _STUCK.get(key)
     if stuck is not None:
         if stuck.is_alive():
-            raise VideoDecodeError(path, f"{what} took longer than the {time_limit:g}s limit (an earlier call is still stuck)")
+            raise VideoDecodeError(
+                path, f"{what} took longer than the {time_limit:g}s limit (an earlier call is still stuck)"
+            )
         del _STUCK[key]
     outcome: dict[str, object] = {}
     finished = threading.Event()
@@ -200,8 +202,14 @@ _SEEK_TRIES = 3
 # conversion (0.77 vs 1.16 ms per 1280x720 frame to 455x256) and as sharp; a 4:2:0 intermediate would be
 # faster still but halves the chroma resolution of the small frame again.
 _FULL_CHROMA = {
-    "yuv420p": "yuv444p", "yuv422p": "yuv444p", "yuv411p": "yuv444p", "yuv410p": "yuv444p", "nv12": "yuv444p",
-    "yuvj420p": "yuvj444p", "yuvj422p": "yuvj444p", "yuvj411p": "yuvj444p",
+    "yuv420p": "yuv444p",
+    "yuv422p": "yuv444p",
+    "yuv411p": "yuv444p",
+    "yuv410p": "yuv444p",
+    "nv12": "yuv444p",
+    "yuvj420p": "yuvj444p",
+    "yuvj422p": "yuvj444p",
+    "yuvj411p": "yuvj444p",
 }
 
 
@@ -271,7 +279,11 @@ class _ClipDecoder:
     """One ``decode_frames`` call: the wanted frames, where they go, and the two ways to find them."""
 
     def __init__(
-        self, path: str | Path, wanted: list[int], short_side: int | None, deadline: float | None,
+        self,
+        path: str | Path,
+        wanted: list[int],
+        short_side: int | None,
+        deadline: float | None,
         time_limit: float | None,
     ) -> None:
         from av.video.reformatter import Interpolation, VideoReformatter
@@ -307,10 +319,22 @@ class _ClipDecoder:
         else:
             middle = _FULL_CHROMA.get(frame.format.name)
             if middle is not None:
-                frame = _sws(self._scaler, frame, width=width, height=height, format=middle,
-                             interpolation=self._interpolation)
-            rgb = _sws(self._converter, frame, width=width, height=height, format="rgb24",
-                       interpolation=self._interpolation)
+                frame = _sws(
+                    self._scaler,
+                    frame,
+                    width=width,
+                    height=height,
+                    format=middle,
+                    interpolation=self._interpolation,
+                )
+            rgb = _sws(
+                self._converter,
+                frame,
+                width=width,
+                height=height,
+                format="rgb24",
+                interpolation=self._interpolation,
+            )
         self.frames[self.rows[index]] = rgb.to_ndarray()
         self.found.add(index)
 
@@ -372,7 +396,8 @@ class _ClipDecoder:
                 if index is None or (previous is not None and index <= previous):
                     return False
                 if previous is None and index > first:
-                    # Strictly before that keyframe, whether the demuxer compares decode or presentation times.
+                    # Strictly before that keyframe, whether the demuxer compares decode or presentation
+                    # times.
                     return landed - 1 if landed is not None and target != landed - 1 else False
                 previous = index
                 if index in self.rows:
@@ -394,7 +419,8 @@ class _ClipDecoder:
                 if packet.pts is None:
                     return None
                 bisect.insort(stamps, packet.pts)
-                # A later packet is shown no earlier than it is decoded: past this, the first frames are known.
+                # A later packet is shown no earlier than it is decoded: past this, the first frames are
+                # known.
                 if len(stamps) > last and packet.dts is not None and packet.dts > stamps[last]:
                     break
                 self.check_deadline()
@@ -423,13 +449,18 @@ class _ClipDecoder:
             raise
         except Exception as error:
             if position < 0:
-                raise VideoDecodeError(self.path, f"decode failed: {type(error).__name__}: {error}") from error
+                raise VideoDecodeError(
+                    self.path, f"decode failed: {type(error).__name__}: {error}"
+                ) from error
             stopped = error  # frames up to here decoded: a truncated or damaged tail
         finally:
             container.close()
         missing = [i for i in self.wanted if i not in self.found]
         if missing:
-            reason = f"only {position + 1} decodable frames; the clip needs frame {missing[0]} (and {len(missing)} in all)"
+            reason = (
+                f"only {position + 1} decodable frames; the clip needs frame {missing[0]} "
+                f"(and {len(missing)} in all)"
+            )
             if stopped is not None:
                 reason += f"; decoding stopped at {type(stopped).__name__}: {stopped}"
             raise VideoDecodeError(self.path, reason)
@@ -471,7 +502,9 @@ def decode_frames(
     if wanted[0] < 0:
         raise ValueError(f"decode_frames: negative frame index {wanted[0]}")
     if short_side is not None and short_side < 1:
-        raise ValueError(f"decode_frames: short_side must be a positive number of pixels or None, got {short_side}")
+        raise ValueError(
+            f"decode_frames: short_side must be a positive number of pixels or None, got {short_side}"
+        )
     deadline = None if time_limit is None else time.monotonic() + time_limit
     return _with_time_limit(
         path, time_limit, "decode", lambda: _decode(path, indices, wanted, short_side, deadline, time_limit)
@@ -479,7 +512,11 @@ def decode_frames(
 
 
 def _decode(
-    path: str | Path, indices: Sequence[int], wanted: list[int], short_side: int | None, deadline: float | None,
+    path: str | Path,
+    indices: Sequence[int],
+    wanted: list[int],
+    short_side: int | None,
+    deadline: float | None,
     time_limit: float | None,
 ) -> torch.Tensor:
     _import_av()
@@ -488,6 +525,6 @@ def _decode(
         clip.by_counting()
     assert clip.frames is not None
     frames = torch.from_numpy(clip.frames)
-    if len(indices) == len(wanted) and all(int(i) == w for i, w in zip(indices, wanted)):
+    if len(indices) == len(wanted) and all(int(i) == w for i, w in zip(indices, wanted, strict=True)):
         return frames
     return frames[[clip.rows[int(i)] for i in indices]]

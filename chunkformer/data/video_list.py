@@ -19,7 +19,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["DroppedLine", "VideoList", "VideoListError", "VideoRecord", "read_class_folders", "read_classes", "read_video_list"]
+__all__ = [
+    "DroppedLine",
+    "VideoList",
+    "VideoListError",
+    "VideoRecord",
+    "read_class_folders",
+    "read_classes",
+    "read_video_list",
+]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
 
@@ -206,7 +214,9 @@ def read_video_list(
             label = index_of[label_text]
         else:
             reason = (
-                f"unknown class {label_text!r}" if names else f"label {label_text!r} is not an integer (pass a classes file)"
+                f"unknown class {label_text!r}"
+                if names
+                else f"label {label_text!r} is not an integer (pass a classes file)"
             )
             problems.append(DroppedLine(number, text, reason))
             continue

@@ -44,7 +44,9 @@ def _write_audio_only(path: Path) -> None:
         stream = container.add_stream("aac", rate=16000)
         stream.layout = "mono"
         for index in range(10):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
+            frame = av.AudioFrame.from_ndarray(
+                np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono"
+            )
             frame.sample_rate, frame.pts = 16000, index * 1024
             for packet in stream.encode(frame):
                 container.mux(packet)
@@ -72,11 +74,16 @@ def corpus(motion_root: Path, tmp_path: Path) -> VideoList:
     _write_audio_only(tmp_path / "audio_only.m4a")
     for name, (width, height) in ODD_SIZES.items():
         _write_odd_size(tmp_path / name, width, height)
-    records = list(good) + [VideoRecord(str(tmp_path / n), 0) for n in bad] + [
-        VideoRecord(str(tmp_path / "wrong_extension.avi"), good[1].label),
-        VideoRecord(str(tmp_path / "deleted.mp4"), 0),
-        VideoRecord(str(tmp_path / "audio_only.m4a"), 0),
-    ] + [VideoRecord(str(tmp_path / name), 0) for name in ODD_SIZES]
+    records = (
+        list(good)
+        + [VideoRecord(str(tmp_path / n), 0) for n in bad]
+        + [
+            VideoRecord(str(tmp_path / "wrong_extension.avi"), good[1].label),
+            VideoRecord(str(tmp_path / "deleted.mp4"), 0),
+            VideoRecord(str(tmp_path / "audio_only.m4a"), 0),
+        ]
+        + [VideoRecord(str(tmp_path / name), 0) for name in ODD_SIZES]
+    )
     return VideoList(records, [str(i) for i in range(8)])
 
 

@@ -103,7 +103,10 @@ def test_a_hung_video_is_skipped_in_training_without_hanging_the_loader(
     hung = len(videos) - 1
     dataset = ClipDataset(videos, ClipSampler(4, 2), TrainTransform(16), seed=0, decode_time_limit=0.5)
     loader = DataLoader(
-        dataset, batch_size=len(videos), sampler=[(i, 0) for i in range(len(videos))], num_workers=num_workers,
+        dataset,
+        batch_size=len(videos),
+        sampler=[(i, 0) for i in range(len(videos))],
+        num_workers=num_workers,
         collate_fn=collate_clips,
     )
     started = time.monotonic()
@@ -118,7 +121,9 @@ def test_a_hung_video_is_skipped_in_training_without_hanging_the_loader(
 
 def test_a_hung_video_is_reported_in_evaluation_not_replaced(videos: VideoList, hang: set[str]) -> None:
     hang.add("hangs.mp4")
-    dataset = MultiViewDataset(videos, ClipSampler(4, 2), EvalTransform(16, 1), temporal_views=2, decode_time_limit=0.5)
+    dataset = MultiViewDataset(
+        videos, ClipSampler(4, 2), EvalTransform(16, 1), temporal_views=2, decode_time_limit=0.5
+    )
     loader = DataLoader(dataset, batch_size=len(videos), collate_fn=collate_views)
     started = time.monotonic()
     (batch,) = list(loader)

@@ -469,11 +469,11 @@ def test_hmdb51_train_and_test_of_a_split(classes: list[str], split: int, data: 
                     ids[0] = "1" if label else "2"  # both subsets have a video
                     if label == 0 and len(classes) == 1:
                         names, ids = [*names, "extra.avi"], [*ids, "1"]
-                    for video, mark in zip(names, ids):
+                    for video, mark in zip(names, ids, strict=True):
                         if mark != "0":
                             expected[mark].append((str(base / "videos" / name / video), label))
                 # The published lines end with a space.
-                lines = "".join(f"{video} {mark} \n" for video, mark in zip(names, ids))
+                lines = "".join(f"{video} {mark} \n" for video, mark in zip(names, ids, strict=True))
                 (splits / f"{name}_test_split{number}.txt").write_text(lines)
             for video in names:
                 _touch(base / "videos" / name / video)

@@ -29,10 +29,17 @@ def test_generated_files_decode_to_the_rendered_frames(motion_root: Path) -> Non
     assert len(videos) == TINY.train_per_class * len(MOTION_CLASSES)
     record = videos.records[5]
     info = probe_video(record.path)
-    assert (info.num_frames, info.height, info.width, info.fps) == (TINY.frames, TINY.size, TINY.size, TINY.fps)
+    assert (info.num_frames, info.height, info.width, info.fps) == (
+        TINY.frames,
+        TINY.size,
+        TINY.size,
+        TINY.fps,
+    )
     frames = decode_frames(record.path, [0, 7, 11])
     label, n = record.label, int(Path(record.path).stem)
-    rendered = render_motion_video(label, np.random.default_rng([TINY.seed, 0, label, n]), TINY.frames, TINY.size)
+    rendered = render_motion_video(
+        label, np.random.default_rng([TINY.seed, 0, label, n]), TINY.frames, TINY.size
+    )
     # Lossy codec, so close rather than equal; a wrong frame would differ by the shape's displacement.
     for row, index in enumerate([0, 7, 11]):
         assert np.abs(frames[row].numpy().astype(float) - rendered[index]).mean() < 12
@@ -42,7 +49,9 @@ def test_generation_is_deterministic_and_cached(motion_root: Path, tmp_path: Pat
     again = ensure_motion_dataset(tmp_path / "copy", TINY)
     same = "train/left_fast/0001.mp4"
     # The mp4 header holds a creation time, so compare the decoded frames rather than the bytes.
-    assert decode_frames(again / same, list(range(TINY.frames))).equal(decode_frames(motion_root / same, list(range(TINY.frames))))
+    assert decode_frames(again / same, list(range(TINY.frames))).equal(
+        decode_frames(motion_root / same, list(range(TINY.frames)))
+    )
     stamp = os.stat(again / same).st_mtime_ns
     ensure_motion_dataset(again, TINY)  # cached: nothing rewritten
     assert os.stat(again / same).st_mtime_ns == stamp
@@ -52,9 +61,13 @@ def test_generation_is_deterministic_and_cached(motion_root: Path, tmp_path: Pat
 def test_single_frames_carry_no_class_information() -> None:
     # With the same random draws, every class renders the same first frame: the label only sets the motion.
     for seed in range(5):
-        firsts = [render_motion_video(c, np.random.default_rng(seed), 3, 16)[0] for c in range(len(MOTION_CLASSES))]
+        firsts = [
+            render_motion_video(c, np.random.default_rng(seed), 3, 16)[0] for c in range(len(MOTION_CLASSES))
+        ]
         assert all(np.array_equal(firsts[0], other) for other in firsts[1:])
-        lasts = [render_motion_video(c, np.random.default_rng(seed), 3, 16)[2] for c in range(len(MOTION_CLASSES))]
+        lasts = [
+            render_motion_video(c, np.random.default_rng(seed), 3, 16)[2] for c in range(len(MOTION_CLASSES))
+        ]
         assert not np.array_equal(lasts[0], lasts[1])
 
 
@@ -69,7 +82,9 @@ def test_flip_map_swaps_left_and_right_only() -> None:
 def test_every_variant_hides_the_class_in_single_frames(variant: str) -> None:
     classes = motion_classes(variant)
     for seed in range(3):
-        videos = [render_motion_video(c, np.random.default_rng(seed), 4, 32, variant) for c in range(len(classes))]
+        videos = [
+            render_motion_video(c, np.random.default_rng(seed), 4, 32, variant) for c in range(len(classes))
+        ]
         assert all(np.array_equal(videos[0][0], other[0]) for other in videos[1:])
         assert len({video[3].tobytes() for video in videos}) == len(classes)
 
@@ -101,7 +116,9 @@ def test_variant_datasets_are_cached_apart(tmp_path: Path) -> None:
     assert default_motion_root("hard") != default_motion_root()
 
 
-def test_a_dataset_finished_meanwhile_by_another_run_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_dataset_finished_meanwhile_by_another_run_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import chunkformer.data.motion as motion
 
     spec = MotionDatasetSpec(train_per_class=1, val_per_class=1, frames=4, size=16)
@@ -133,7 +150,8 @@ def test_generation_is_the_same_in_another_process(tmp_path: Path) -> None:
 
     script = (
         "import sys; from chunkformer.data import MotionDatasetSpec, ensure_motion_dataset;"
-        "ensure_motion_dataset(sys.argv[1], MotionDatasetSpec(train_per_class=4, val_per_class=1, frames=16, size=32))"
+        "ensure_motion_dataset(sys.argv[1], "
+        "MotionDatasetSpec(train_per_class=4, val_per_class=1, frames=16, size=32))"
     )
     roots = [tmp_path / "a", tmp_path / "b"]
     for root in roots:
@@ -142,4 +160,6 @@ def test_generation_is_the_same_in_another_process(tmp_path: Path) -> None:
     assert len(videos) == 32
     for record in videos:
         relative = Path(record.path).relative_to(roots[0])
-        assert decode_frames(record.path, list(range(16))).equal(decode_frames(roots[1] / relative, list(range(16)))), relative
+        assert decode_frames(record.path, list(range(16))).equal(
+            decode_frames(roots[1] / relative, list(range(16)))
+        ), relative

@@ -32,4 +32,6 @@ def tiny_config(**fields: Any) -> SCTConfig:
 
 
 def tiny_model(num_classes: int = 3, num_frames: int = 2, **fields: Any) -> ShiftedChunkTransformer:
-    return ShiftedChunkTransformer(tiny_config(**fields), num_classes=num_classes, num_frames=num_frames, img_size=16)
+    return ShiftedChunkTransformer(
+        tiny_config(**fields), num_classes=num_classes, num_frames=num_frames, img_size=16
+    )

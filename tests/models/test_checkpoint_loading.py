@@ -49,7 +49,10 @@ def test_wrong_keys_are_named(tmp_path: Path) -> None:
     state["patch_embed.renamed.weight"] = state.pop("patch_embed.proj.weight")
     path = tmp_path / "bad.pt"
     torch.save(state, path)
-    with pytest.raises(ValueError, match=r"missing keys \['patch_embed.proj.weight'\].*unexpected keys \['patch_embed.renamed.weight'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"missing keys \['patch_embed.proj.weight'\].*unexpected keys \['patch_embed.renamed.weight'\]",
+    ):
         load_checkpoint(tiny_model(), path)
 
 

@@ -87,5 +87,5 @@ def test_checkpointing_under_compile_gives_the_same_gradients() -> None:
         checkpointed.zero_grad(set_to_none=True)
         plain(x).square().sum().backward()
         compiled(x).square().sum().backward()
-        for (name, expected), got in zip(plain.named_parameters(), checkpointed.parameters()):
+        for (name, expected), got in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
             torch.testing.assert_close(got.grad, expected.grad, atol=1e-6, rtol=0, msg=name)
