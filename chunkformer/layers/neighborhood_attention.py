@@ -85,6 +85,12 @@ class _NeighborhoodAttention(Attention):
                 f"{owner}: is_causal must be a bool or a {axes} tuple of bools, "
                 f"got {type(is_causal).__name__} {is_causal!r}"
             )
+        if any(k % 2 == 0 and not c for k, c in zip(self.kernel_size, self.is_causal, strict=True)):
+            # A centred window needs an odd side; a causal window ends at the query and may have any.
+            raise ValueError(
+                f"{owner}: kernel_size must be odd along every axis that is not causal, as in NATTEN, got "
+                f"kernel_size {self.kernel_size} with is_causal {self.is_causal}"
+            )
 
     def neighborhood_mask(
         self, sizes: tuple[int, ...], device: torch.device | str | None = None
@@ -119,8 +125,9 @@ class NeighborhoodAttention2D(_NeighborhoodAttention):
     """Multi-head neighbourhood attention on a (B, H, W, C) grid of tokens.
 
     Each query attends to the ``kernel_size`` neighbourhood around it (Hassani et al., CVPR 2023; dilated:
-    DiNAT, 2022), with NATTEN's semantics: the window is centred on the query and, near a border, clamped
-    so that it stays inside the grid and full; every query sees exactly prod(kernel_size) keys. With
+    DiNAT, 2022), with NATTEN's semantics: the window is centred on the query (so its sides are odd, except
+    along causal axes) and, near a border, clamped so that it stays inside the grid and full; every query
+    sees exactly prod(kernel_size) keys. With
     ``dilation`` d along an axis, the neighbours are d apart and the clamping happens within the positions
     of the query's remainder modulo d. ``is_causal`` along an axis makes the window end at the query
     (keys i, i - d, ..., at most kernel_size of them), as NATTEN's per-axis ``is_causal``; a bool applies
@@ -175,8 +182,9 @@ class NeighborhoodAttention3D(_NeighborhoodAttention):
     """Multi-head neighbourhood attention on a (B, T, H, W, C) clip of tokens.
 
     Each query attends to the ``kernel_size`` neighbourhood around it (Hassani et al., CVPR 2023; dilated:
-    DiNAT, 2022), with NATTEN's semantics: the window is centred on the query and, near a border, clamped
-    so that it stays inside the grid and full; every query sees exactly prod(kernel_size) keys. With
+    DiNAT, 2022), with NATTEN's semantics: the window is centred on the query (so its sides are odd, except
+    along causal axes) and, near a border, clamped so that it stays inside the grid and full; every query
+    sees exactly prod(kernel_size) keys. With
     ``dilation`` d along an axis, the neighbours are d apart and the clamping happens within the positions
     of the query's remainder modulo d. ``is_causal`` along an axis makes the window end at the query
     (keys i, i - d, ..., at most kernel_size of them), as NATTEN's per-axis ``is_causal``; a bool applies
