@@ -68,7 +68,7 @@ class _NeighborhoodAttention(Attention):
         super().__init__(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
         owner = type(self).__name__
         rank = len(self._axes)
-        axes = f"({', '.join(self._axes)})"
+        axes = f"({', '.join(self._axes)}) {'pair' if rank == 2 else 'triple'}"
         self.kernel_size = check_int_tuple(kernel_size, rank, "kernel_size", owner, axes=axes)
         self.dilation = check_int_tuple(dilation, rank, "dilation", owner, axes=axes)
         if isinstance(is_causal, bool):
@@ -76,13 +76,13 @@ class _NeighborhoodAttention(Attention):
         elif isinstance(is_causal, (tuple, list)) and all(isinstance(c, bool) for c in is_causal):
             if len(is_causal) != rank:
                 raise ValueError(
-                    f"{owner}: is_causal must be a bool or a {axes} tuple of bools, got a "
+                    f"{owner}: is_causal must be a bool or a {axes} of bools, got a "
                     f"{type(is_causal).__name__} of length {len(is_causal)}: {is_causal!r}"
                 )
             self.is_causal = tuple(is_causal)
         else:
             raise TypeError(
-                f"{owner}: is_causal must be a bool or a {axes} tuple of bools, "
+                f"{owner}: is_causal must be a bool or a {axes} of bools, "
                 f"got {type(is_causal).__name__} {is_causal!r}"
             )
         if any(k % 2 == 0 and not c for k, c in zip(self.kernel_size, self.is_causal, strict=True)):

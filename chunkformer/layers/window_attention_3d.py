@@ -11,7 +11,7 @@ from chunkformer.layers._checks import check_input, check_int_tuple
 from chunkformer.layers.attention import Attention
 from chunkformer.ops import attention
 
-_AXES = "(t, h, w)"
+_AXES = "(t, h, w) triple"
 
 
 class WindowAttention3D(Attention):
