@@ -60,3 +60,32 @@ def check_input(
     if channels is not None and x.shape[channel_axis] != channels:
         layout = layouts[x.dim()]
         raise ValueError(f"{owner} expects input of shape {layout} with C={channels}, got {tuple(x.shape)}")
+
+
+def check_int_tuple(
+    value: object, rank: int, name: str, owner: str, minimum: int = 1, axes: str | None = None
+) -> tuple[int, ...]:
+    """An int (used for every axis) or a sequence of ``rank`` ints, each >= ``minimum``, as a tuple.
+
+    TypeError for anything that is not an int or a sequence of ints (a bool is not an int here), ValueError
+    for a sequence of another length or a value below ``minimum``. ``axes`` names the axes in the message,
+    e.g. ``"(t, h, w)"``.
+    """
+    layout = axes or f"{rank}-tuple"
+    bound = "positive" if minimum == 1 else f">= {minimum}"
+    expected = f"{owner}: {name} must be a {bound} int or a {layout} of them"
+
+    def is_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if is_int(value):
+        values: tuple[int, ...] = (value,) * rank  # type: ignore[assignment]
+    elif isinstance(value, (tuple, list)) and all(is_int(v) for v in value):
+        if len(value) != rank:
+            raise ValueError(f"{expected}, got a {type(value).__name__} of length {len(value)}: {value!r}")
+        values = tuple(value)
+    else:
+        raise TypeError(f"{expected}, got {type(value).__name__} {value!r}")
+    if min(values) < minimum:
+        raise ValueError(f"{expected}, got {value!r}")
+    return values

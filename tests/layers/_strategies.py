@@ -285,3 +285,47 @@ def assert_gradients_reach_all_parameters(module: nn.Module, output: torch.Tenso
         assert param.grad is not None, f"{name} got no gradient"
         assert torch.isfinite(param.grad).all(), f"{name} has a non-finite gradient"
         assert param.grad.abs().sum() > 0, f"{name} has an all-zero gradient"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Backends
+# ----------------------------------------------------------------------------------------------------
+
+
+def backends_for(x: torch.Tensor) -> list[str]:
+    """The attention backends that can run inputs like ``x`` here (math and sdpa always; xformers on CUDA
+    when it is installed)."""
+    from chunkformer.ops import BACKENDS, AttentionBackendError, current_backend
+
+    probe = torch.empty(1, 1, 1, 8, dtype=x.dtype, device=x.device)
+    usable = []
+    for name in BACKENDS:
+        try:
+            current_backend(probe, backend=name)
+        except AttentionBackendError:
+            continue
+        usable.append(name)
+    return usable
+
+
+def assert_backends_agree_with_math(
+    module: nn.Module, inputs: Sequence[torch.Tensor], atol: float = ATOL, rtol: float = RTOL
+) -> list[str]:
+    """Run ``module(*inputs)`` under every backend that can; each must match the math backend's output.
+
+    Returns the backends compared, math included.
+    """
+    from chunkformer.ops import use_backend
+
+    def as_tuple(out: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return out if isinstance(out, tuple) else (out,)
+
+    with use_backend("math"):
+        expected = as_tuple(module(*inputs))
+    names = backends_for(inputs[0])
+    for name in names:
+        with use_backend(name):
+            got = as_tuple(module(*inputs))
+        for g, e in zip(got, expected, strict=True):
+            torch.testing.assert_close(g, e, atol=atol, rtol=rtol, msg=lambda m, n=name: f"backend {n}: {m}")
+    return names
