@@ -142,7 +142,9 @@ def _subprocess_env() -> dict[str, str]:
 
 def test_list_models_is_complete_after_importing_the_registry_alone() -> None:
     # The built-in presets (other tests' modules, such as the ablation study's, register more here).
-    expected = sorted(["sct_l", "sct_m", "sct_s", "sct_s_local_every_stage", "sct_tiny", "vit_b16_sct"])
+    sct = ["sct_l", "sct_m", "sct_s", "sct_s_local_every_stage", "sct_tiny", "vit_b16_sct"]
+    zoo = ["nat_tiny", "timesformer_base", "timesformer_tiny", "video_swin_t", "video_swin_tiny"]
+    expected = sorted([*sct, *zoo, "vivit_b_fe", "vivit_tiny"])
     code = "import chunkformer.models.registry as r; print(','.join(r.list_models()))"
     assert _run_python(code).strip().split(",") == expected
 

@@ -14,7 +14,14 @@ from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from chunkformer.layers import LSHAttention
-from chunkformer.models import create_model, list_models, load_checkpoint, read_checkpoint, save_checkpoint
+from chunkformer.models import (
+    ShiftedChunkTransformer,
+    create_model,
+    list_models,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from tests.models._tiny import tiny_model
 
 
@@ -241,7 +248,18 @@ def small_registered(name: str) -> nn.Module:
     return create_model(name, num_classes=3, num_frames=2, stages=tuple(stages), **small)
 
 
-@pytest.mark.parametrize("name", list_models())
+def sct_models() -> list[str]:
+    """The registered SCT presets, which ``small_registered`` narrows through their ``SCTConfig`` (the
+    attention zoo's models round-trip in test_zoo_models.py). Built on meta: a quarter of a second."""
+    with torch.device("meta"):
+        return [
+            name
+            for name in list_models()
+            if isinstance(create_model(name, num_classes=3, num_frames=2), ShiftedChunkTransformer)
+        ]
+
+
+@pytest.mark.parametrize("name", sct_models())
 def test_every_registered_model_round_trips_through_safetensors(tmp_path: Path, name: str) -> None:
     torch.manual_seed(0)
     source = small_registered(name).train()
