@@ -70,9 +70,13 @@ class TimeSformerBlock(DividedSpaceTimeAttention):
     TimeSformer.
 
     Args:
-        dim, num_heads, qkv_bias, attn_drop, drop_path: as ``DividedSpaceTimeAttention``.
+        dim: token width C.
+        num_heads: heads of both attentions; must divide ``dim``.
         mlp_ratio: MLP hidden width as a multiple of ``dim``.
+        qkv_bias: bias in the qkv projections.
+        attn_drop: dropout on the attention weights.
         proj_drop: dropout after the attention projections and in the MLP.
+        drop_path: stochastic depth of the three residual branches.
 
     Shape:
         - x: (B, T, N, C), cls_token: (B, 1, C) -> ((B, T, N, C), (B, 1, C))
