@@ -252,7 +252,7 @@ class LSHAttention(nn.Module):
             v,
             bucket_size=self.bucket_size,
             n_hashes=self.n_hashes,
-            causal=self.causal,
+            is_causal=self.causal,
             shared_qk=self.shared_qk,
             key_padding_mask=mask,
             generator=self._generator(device),
