@@ -1,10 +1,12 @@
 """Angular locality-sensitive hashing and the bucket-sorted layouts LSH attention runs on.
 
 Everything here is integer bookkeeping without gradients: which token sits in which slot of which block,
-and which key block each query block looks at. :mod:`chunkformer.ops.lsh_kernel` does the arithmetic.
+and which key block each query block looks at. :mod:`chunkformer.ops.lsh_rounds` does the arithmetic.
 
-Two layouts, both vectorised over batch x heads x hash rounds with static shapes (no data-dependent sizes, so
-they run on the meta device and under ``torch.compile``):
+Two layouts, :class:`SortedLayout` and :class:`BucketAlignedLayout` (built by :func:`sorted_layout` and
+:func:`bucket_aligned_layout`; each builds its pair masks in a method), both vectorised over batch x heads x
+hash rounds with static shapes (no data-dependent sizes, so they run on the meta device and under
+``torch.compile``):
 
 * **sorted** (non-causal): tokens sorted by (bucket, position) and cut into blocks of ``bucket_size``; query
   block g sees key blocks g and g - 1 (cyclically within the round), as in Reformer.
