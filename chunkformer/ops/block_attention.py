@@ -14,6 +14,10 @@ kernels behind PyTorch's SDPA and xformers have both, one layer below their publ
   calls the same PyTorch CUDA kernels as ``"cuda_efficient"``).
 * ``"math"``: matmul and softmax in float32 (or float64): any device, the only kernel with dropout (its masks
   come from the caller's generator, which the fused kernels cannot use).
+* ``"triton"``: not a block kernel but LSH attention's fused Triton kernel
+  (:mod:`chunkformer.ops.lsh_triton`), which reads unsorted rows in place through the layout and builds the
+  masks itself; its record is here so that selection and refusals read one table. :func:`block_forward`
+  and :func:`block_backward` refuse it.
 
 Each kernel is a :class:`BlockKernel` record in :data:`BLOCK_KERNELS` saying what it supports;
 :func:`select_block_kernel` reads the table for the attention dispatch's backend
@@ -34,9 +38,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from chunkformer.ops.triton_support import triton_device_reasons, triton_reasons
+
 __all__ = [
     "BLOCK_KERNELS",
     "BlockKernel",
+    "TritonLSHKernel",
     "block_backward",
     "block_forward",
     "block_kernel",
@@ -71,6 +78,8 @@ class BlockKernel:
             make overlapping windows write over each other.
         zeroes_empty_rows: whether a query whose keys are all masked gets a zero output row (the CUDA
             kernels' rows are not specified: 0 / 0 may give NaN).
+        reads_rows_in_place: True for a kernel that runs whole LSH rounds on the unsorted q, k, v and the
+            layout (``lsh_attention`` calls it instead of gathering blocks); such a kernel takes no blocks.
     """
 
     name: str
@@ -80,6 +89,7 @@ class BlockKernel:
     supports_dropout: bool
     takes_overlapping_keys: bool
     zeroes_empty_rows: bool
+    reads_rows_in_place: bool = False
 
     def not_supported_reasons(
         self, device: torch.device | str, dtype: torch.dtype, dropout_p: float = 0.0
@@ -98,6 +108,24 @@ class BlockKernel:
         return reasons
 
 
+@dataclass(frozen=True)
+class TritonLSHKernel(BlockKernel):
+    """The record of LSH attention's fused Triton kernel: besides the table's checks (dtypes, dropout), Triton
+    must import, and the inputs be on CUDA, or on CPU under Triton's interpreter (``TRITON_INTERPRET=1``),
+    which a static ``devices`` field cannot say."""
+
+    def not_supported_reasons(
+        self, device: torch.device | str, dtype: torch.dtype, dropout_p: float = 0.0
+    ) -> list[str]:
+        reasons = triton_reasons() + triton_device_reasons(device, dtype)
+        # (The device and dtype were checked above, in words about Triton.)
+        return reasons + [
+            reason
+            for reason in super().not_supported_reasons(device, dtype, dropout_p)
+            if "dropout" in reason
+        ]
+
+
 # In order of preference: the first record that serves the backend and supports the input runs.
 BLOCK_KERNELS: dict[str, BlockKernel] = {
     kernel.name: kernel
@@ -105,7 +133,11 @@ BLOCK_KERNELS: dict[str, BlockKernel] = {
         BlockKernel("cpu_flash", ("sdpa",), ("cpu",), _FLOATS, False, True, True),
         BlockKernel("cuda_efficient", ("sdpa",), ("cuda",), _CUDA_FLOATS, False, False, False),
         BlockKernel("xformers", ("xformers",), ("cuda",), _CUDA_FLOATS, False, False, False),
-        BlockKernel("math", ("sdpa", "xformers", "math"), None, _FLOATS, True, True, True),
+        # No dropout: its masks would have to be drawn in the kernel from the caller's generator.
+        TritonLSHKernel(
+            "triton", ("triton",), None, _CUDA_FLOATS, False, True, True, reads_rows_in_place=True
+        ),
+        BlockKernel("math", ("sdpa", "xformers", "triton", "math"), None, _FLOATS, True, True, True),
     )
 }
 
@@ -127,7 +159,7 @@ def select_block_kernel(
     backend: str, device: torch.device | str, dropout_p: float = 0.0, dtype: torch.dtype = torch.float32
 ) -> BlockKernel:
     """The first kernel of :data:`BLOCK_KERNELS` that serves the dispatch ``backend`` (``"sdpa"``,
-    ``"xformers"`` or ``"math"``) and supports the input.
+    ``"xformers"``, ``"math"`` or ``"triton"``) and supports the input.
 
     Raises:
         ValueError: when no kernel serves the backend, or none of those that do supports the input; the
@@ -150,7 +182,8 @@ def block_kernel(
     backend: str, device: torch.device | str, dropout_p: float = 0.0, dtype: torch.dtype = torch.float32
 ) -> str:
     """The name of :func:`select_block_kernel`'s choice. Dropout always takes ``"math"``, the only kernel
-    that applies the caller's masks; ``"xformers"`` off CUDA falls back to it too."""
+    that applies the caller's masks; ``"xformers"`` off CUDA, and ``"triton"`` where Triton cannot run, fall
+    back to it too."""
     return select_block_kernel(backend, device, dropout_p, dtype).name
 
 
@@ -290,6 +323,11 @@ def block_backward(
 
 def _checked_name(kernel: str | BlockKernel, q: torch.Tensor, dropout_p: float) -> str:
     record = kernel_record(kernel)
+    if record.reads_rows_in_place:
+        raise ValueError(
+            f"block kernel {record.name!r} runs whole LSH rounds on unsorted rows (lsh_attention calls it), "
+            "not gathered blocks"
+        )
     reasons = record.not_supported_reasons(q.device, q.dtype, dropout_p)
     if reasons:
         raise ValueError(f"block kernel {record.name!r} cannot run these inputs: {'; '.join(reasons)}")

@@ -114,7 +114,9 @@ def lsh_attention(
     ``CHUNKFORMER_ATTN_BACKEND`` variable, else automatic): PyTorch's flash kernels on CPU and its
     memory-efficient kernels on CUDA for ``"sdpa"``, xformers' on CUDA for ``"xformers"``, batched matmul for
     ``"math"`` and whenever ``dropout_p > 0`` or no fused kernel takes the input (see the kernel records in
-    :mod:`chunkformer.ops.block_attention`).
+    :mod:`chunkformer.ops.block_attention`). ``"triton"`` (selected explicitly; on CUDA, or on CPU under
+    ``TRITON_INTERPRET=1``) runs the fused Triton kernels of :mod:`chunkformer.ops.lsh_triton`, which read
+    the unsorted rows in place and build the masks themselves; with dropout it falls back to the math path.
 
     Randomness: rotations (and dropout) come from ``generator``, on the inputs' device; the global RNG is
     neither read nor advanced. With ``generator=None`` a fixed seed is used, so calls are reproducible: bit
@@ -138,7 +140,8 @@ def lsh_attention(
         blocks_per_piece: query blocks per kernel call, which bounds the memory of each call; None sizes
             pieces to about 2 MB of keys on CPU (their buffers stay in cache and are reused) and 64 MB on
             CUDA. Every value gives the same output (bit for bit with the fused kernels; with dropout's math
-            kernel up to rounding) and gradients equal up to the order of additions.
+            kernel up to rounding) and gradients equal up to the order of additions. Ignored by the
+            ``"triton"`` kernels, which run a whole round per launch.
 
     Returns:
         The attention output.
@@ -187,7 +190,13 @@ def lsh_attention(
 
     kernel = select_block_kernel(current_backend(q, k, v), q.device, dropout_p, q.dtype)
     scale = 1.0 / math.sqrt(head_dim)
-    out = LSHAttentionFunction.apply(
-        q_flat, k_flat, v_flat, layout, valid, scale, shared_qk, dropout, kernel, blocks_per_piece
-    )
+    if kernel.reads_rows_in_place:
+        # Imported here: the Triton path's modules are only needed where it runs.
+        from chunkformer.ops.lsh_triton import TritonLSHFunction
+
+        out = TritonLSHFunction.apply(q_flat, k_flat, v_flat, layout, valid, scale, shared_qk)
+    else:
+        out = LSHAttentionFunction.apply(
+            q_flat, k_flat, v_flat, layout, valid, scale, shared_qk, dropout, kernel, blocks_per_piece
+        )
     return out.reshape(batch, heads, seq_len, v.shape[-1])

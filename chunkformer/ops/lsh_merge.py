@@ -9,6 +9,8 @@ round: the same result in exact arithmetic, while keeping the first round needs 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from chunkformer.ops.lsh import LSHLayout
@@ -66,6 +68,21 @@ class RoundMerge:
         """Merge one round's outputs and log-sum-exps; a token without a slot in it reads lse -inf."""
         lse = lse_blocks.reshape(-1)[self.lse_index[:, round_index]]
         lse = lse.masked_fill(~self.placed[:, round_index], float("-inf"))
+        token_rows = self.out_index[:, round_index].reshape(-1)
+        self._merge(lse, lambda chunk: select_rows(out_rows, token_rows[chunk], buffers, "merge"))
+
+    def add_token_rows(self, lse: torch.Tensor, out: torch.Tensor) -> None:
+        """Merge one round whose kernel wrote its outputs in token order (the Triton kernel): no gather.
+
+        Shape:
+            - lse: (G, N), -inf for a token with no key in view (or no slot) in the round
+            - out: (G * N, dv), zeros where lse is -inf
+        """
+        self._merge(lse, lambda chunk: out[chunk])
+
+    def _merge(self, lse: torch.Tensor, rows_of: Callable[[slice], torch.Tensor]) -> None:
+        """One round's lse (G, N) into the running statistics; ``rows_of`` gives its output rows of a chunk
+        of tokens."""
         new_max = torch.maximum(self.running_max, lse)
         safe_max = new_max.masked_fill(torch.isneginf(new_max), 0.0)
         new_weight = torch.exp(lse - safe_max)
@@ -73,11 +90,9 @@ class RoundMerge:
         self.running_max = new_max
         # (A token with no key so far has weight sum 0 and step 0: its average stays 0.)
         step = new_weight.div_(self.weight_sum.clamp(min=torch.finfo(self.dtype).tiny)).reshape(-1, 1)
-        token_rows = self.out_index[:, round_index].reshape(-1)
-        for first in range(0, token_rows.numel(), self.merge_rows):
+        for first in range(0, step.shape[0], self.merge_rows):
             chunk = slice(first, first + self.merge_rows)
-            rows = select_rows(out_rows, token_rows[chunk], buffers, "merge")
-            self.average[chunk].lerp_(rows.to(self.dtype), step[chunk])
+            self.average[chunk].lerp_(rows_of(chunk).to(self.dtype), step[chunk])
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The merged output (in the merge's dtype, sharing its memory), log-sum-exp, and which tokens saw no
