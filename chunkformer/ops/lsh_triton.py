@@ -85,13 +85,13 @@ def kernel_tables(layout: LSHLayout) -> KernelTables:
 
 def _kernels(device: torch.device) -> ModuleType:
     """The kernels' module, imported on first use (it imports Triton and decorates the kernels, which reads
-    ``TRITON_INTERPRET`` once)."""
+    ``TRITON_INTERPRET``)."""
     from chunkformer.ops import lsh_triton_kernels
 
     if device.type == "cpu" and not lsh_triton_kernels.INTERPRETED:
         raise RuntimeError(
-            f"the Triton LSH kernels were imported without {INTERPRET_VAR}=1 and cannot run on CPU tensors; "
-            "set it before chunkformer's Triton kernels are first used"
+            "the Triton LSH kernels were decorated for a GPU and cannot run on CPU tensors: set "
+            f"{INTERPRET_VAR}=1 before anything imports triton"
         )
     return lsh_triton_kernels
 

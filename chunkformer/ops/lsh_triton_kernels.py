@@ -23,12 +23,13 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from chunkformer.ops.triton_support import interpreting
+from chunkformer.ops.triton_support import interpreter_ready, interpreting
 
 __all__ = ["INTERPRETED", "lsh_round_backward", "lsh_round_forward"]
 
-INTERPRETED = interpreting()
-"""Whether the kernels below were decorated for Triton's interpreter (CPU tensors) or for a GPU."""
+INTERPRETED = interpreting() and interpreter_ready()
+"""Whether the kernels below, and Triton's own library, were decorated for Triton's interpreter (CPU
+tensors) rather than for a GPU."""
 
 
 @triton.jit

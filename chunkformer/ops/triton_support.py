@@ -11,14 +11,23 @@ import functools
 import importlib
 import importlib.util
 import os
+import sys
 
 import torch
 
-__all__ = ["INTERPRET_VAR", "interpreting", "triton_device_reasons", "triton_import_error", "triton_reasons"]
+__all__ = [
+    "INTERPRET_VAR",
+    "interpreter_ready",
+    "interpreting",
+    "triton_device_reasons",
+    "triton_import_error",
+    "triton_reasons",
+]
 
 INTERPRET_VAR = "TRITON_INTERPRET"
 """Triton's environment variable: ``1`` runs kernels on CPU tensors through its numpy interpreter. It is
-read when a kernel is decorated, so it must be set before the kernels' module is imported."""
+read when a kernel is decorated, Triton's own library (``tl.max``, ``tl.sum``) included, so it must be set
+before Triton is first imported."""
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -29,6 +38,16 @@ def interpreting() -> bool:
 
 
 @functools.lru_cache(maxsize=1)
+def interpreter_ready() -> bool:
+    """Whether Triton's own library is (or, not yet imported, will be) decorated for the interpreter: set
+    ``TRITON_INTERPRET=1`` after ``import triton`` and kernels fail inside ``tl.max``."""
+    language = sys.modules.get("triton.language")
+    if language is None:
+        return interpreting()
+    standard = getattr(language, "standard", None)
+    return type(getattr(standard, "max", None)).__name__ == "InterpretedFunction"
+
+
 def triton_import_error() -> str | None:
     """Import Triton once, on first need; return why it cannot be used, or None."""
     if importlib.util.find_spec("triton") is None:
@@ -61,6 +80,11 @@ def triton_device_reasons(device: torch.device | str, dtype: torch.dtype) -> lis
     if device_type == "cpu":
         if not interpreting():
             reasons.append(f"inputs are on cpu; Triton kernels run there only with {INTERPRET_VAR}=1")
+        elif not interpreter_ready():
+            reasons.append(
+                f"inputs are on cpu and {INTERPRET_VAR}=1, but Triton was imported before it was set; set it "
+                "before anything imports triton"
+            )
     elif device_type != "cuda":
         reasons.append(f"inputs are on {device_type!r}; Triton kernels need CUDA (or CPU, interpreted)")
     if dtype not in _TRITON_DTYPES:
