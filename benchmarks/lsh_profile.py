@@ -34,12 +34,13 @@ PHASES = (
     ("chunkformer.ops.lsh_kernel", "sorted_layout", "layout (sort, block numbers)"),
     ("chunkformer.ops.lsh_kernel", "bucket_aligned_layout", "layout (sort, block numbers)"),
     ("chunkformer.ops.lsh", "LSHLayout.keep", "masks: pairs seen in earlier rounds"),
-    ("chunkformer.ops.lsh_kernel", "_logit_bias", "masks: 0 / -inf bias"),
-    ("chunkformer.ops.lsh_kernel", "block_forward", "block kernels (forward)"),
-    ("chunkformer.ops.lsh_kernel", "block_backward", "block kernels (backward)"),
-    ("chunkformer.ops.lsh_kernel", "_gather_rows", "gathers (rows)"),
-    ("chunkformer.ops.lsh_kernel", "_gather_windows", "gathers (key windows)"),
-    ("chunkformer.ops.lsh_kernel", "_add_rows", "gradient scatter (index_add_)"),
+    ("chunkformer.ops.lsh_rounds", "logit_bias", "masks: 0 / -inf bias"),
+    ("chunkformer.ops.lsh_rounds", "block_forward", "block kernels (forward)"),
+    ("chunkformer.ops.lsh_rounds", "block_backward", "block kernels (backward)"),
+    ("chunkformer.ops.lsh_rounds", "gather_rows", "gathers (rows)"),
+    ("chunkformer.ops.lsh_gather", "gather_rows", "gathers (rows)"),
+    ("chunkformer.ops.lsh_gather", "gather_windows", "gathers (key windows)"),
+    ("chunkformer.ops.lsh_rounds", "add_rows", "gradient scatter (index_add_)"),
 )
 
 
@@ -96,7 +97,9 @@ def main(argv: list[str] | None = None) -> None:
         qk.grad = v.grad = None
         generator = torch.Generator(device=args.device).manual_seed(0)
         with use_backend(args.backend):
-            out = lsh_attention(qk, None, v, bucket_size=BUCKET, n_hashes=args.hashes, shared_qk=True, generator=generator)
+            out = lsh_attention(
+                qk, None, v, bucket_size=BUCKET, n_hashes=args.hashes, shared_qk=True, generator=generator
+            )
         out.float().sum().backward()
         if cuda:
             torch.cuda.synchronize()
@@ -112,12 +115,14 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(args.steps):
             step()
         total = (time.perf_counter() - start) / args.steps
-        print(f"forward+backward {total:.3f} s (mean of {args.steps}; {what}, {torch.get_num_threads()} threads)")
+        threads = torch.get_num_threads()
+        print(f"forward+backward {total:.3f} s (mean of {args.steps}; {what}, {threads} threads)")
         print("| phase | time | share |\n|---|---|---|")
         for phase, seconds in sorted(totals.items(), key=lambda item: -item[1]):
             print(f"| {phase} | {seconds / args.steps * 1e3:.0f} ms | {seconds / args.steps / total:.0%} |")
         other = total - sum(totals.values()) / args.steps
-        print(f"| other (merge, normalisation, allocation, Python) | {other * 1e3:.0f} ms | {other / total:.0%} |")
+        other_phases = "other (merge, normalisation, allocation, Python)"
+        print(f"| {other_phases} | {other * 1e3:.0f} ms | {other / total:.0%} |")
         return
 
     step()

@@ -24,5 +24,10 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
+# Triton reads TRITON_INTERPRET when it is first imported (its own tl.max and tl.sum are decorated then), and
+# without CUDA its kernels run only through the interpreter: set it before any test module imports triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Test tensors are tiny: a second thread only adds synchronisation (milliseconds per op on a busy machine).
 torch.set_num_threads(1)

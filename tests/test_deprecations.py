@@ -61,10 +61,11 @@ def test_renamed_arguments_keep_the_new_signature() -> None:
     assert "is_causal" in inspect.signature(LSHAttention).parameters
 
 
-def test_lsh_attention_causal_attribute_reads_is_causal() -> None:
+def test_lsh_attention_causal_attribute_reads_is_causal_with_a_warning() -> None:
     module = LSHAttention(8, 2, is_causal=True, seed=0)
-    assert module.is_causal and module.causal
-    assert "is_causal=True" in repr(module)
+    with pytest.warns(FutureWarning, match="LSHAttention.causal is now LSHAttention.is_causal"):
+        assert module.causal
+    assert module.is_causal and "is_causal=True" in repr(module)
 
 
 def test_window_padding_mask_is_a_deprecated_alias_of_window_valid_mask() -> None:

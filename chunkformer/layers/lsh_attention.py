@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -186,8 +187,8 @@ class LSHAttention(nn.Module):
 
     @property
     def causal(self) -> bool:
-        """The old name of ``is_causal``, read-only (the op call reads it until ``lsh_attention`` takes
-        ``is_causal``)."""
+        """The old name of ``is_causal``, read-only, for one release."""
+        warnings.warn("LSHAttention.causal is now LSHAttention.is_causal", FutureWarning, stacklevel=2)
         return self.is_causal
 
     def _generator(self, device: torch.device) -> torch.Generator:
@@ -263,7 +264,7 @@ class LSHAttention(nn.Module):
             v,
             bucket_size=self.bucket_size,
             n_hashes=self.n_hashes,
-            causal=self.causal,
+            is_causal=self.is_causal,
             shared_qk=self.shared_qk,
             key_padding_mask=mask,
             generator=self._generator(device),

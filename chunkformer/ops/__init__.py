@@ -1,4 +1,5 @@
-"""Functional kernels without parameters: attention dispatch, LSH attention and window partitioning."""
+"""Functional kernels without parameters: attention dispatch, LSH attention (and its slow reference) and
+window partitioning."""
 
 from chunkformer.ops.dispatch import (
     BACKENDS,
@@ -12,6 +13,7 @@ from chunkformer.ops.dispatch import (
 )
 from chunkformer.ops.lsh import default_n_buckets
 from chunkformer.ops.lsh_kernel import lsh_attention
+from chunkformer.ops.lsh_reference import lsh_attention_reference
 from chunkformer.ops.window import (
     pad_to_multiple,
     to_pair,
@@ -31,6 +33,7 @@ __all__ = [
     "current_backend",
     "default_n_buckets",
     "lsh_attention",
+    "lsh_attention_reference",
     "pad_to_multiple",
     "to_pair",
     "use_backend",

@@ -14,9 +14,15 @@ kernels behind PyTorch's SDPA and xformers have both, one layer below their publ
   calls the same PyTorch CUDA kernels as ``"cuda_efficient"``).
 * ``"math"``: matmul and softmax in float32 (or float64): any device, the only kernel with dropout (its masks
   come from the caller's generator, which the fused kernels cannot use).
+* ``"triton"``: not a block kernel but LSH attention's fused Triton kernel
+  (:mod:`chunkformer.ops.lsh_triton`), which reads unsorted rows in place through the layout and builds the
+  masks itself; its record is here so that selection and refusals read one table. :func:`block_forward`
+  and :func:`block_backward` refuse it.
 
-:func:`block_kernel` picks one from the attention dispatch's backend (:func:`chunkformer.ops.current_backend`),
-so ``use_backend`` and ``CHUNKFORMER_ATTN_BACKEND`` steer LSH attention too.
+Each kernel is a :class:`BlockKernel` record in :data:`BLOCK_KERNELS` saying what it supports;
+:func:`select_block_kernel` reads the table for the attention dispatch's backend
+(:func:`chunkformer.ops.current_backend`), so ``use_backend`` and ``CHUNKFORMER_ATTN_BACKEND`` steer LSH
+attention too.
 
 Shapes (all kernels): q (G, P, S, d), k (G, P, K, d), v (G, P, K, dv), bias broadcastable to (G, P, S, K) in
 q's dtype (0 or -inf) or None; out (G, P, S, dv) in q's dtype, lse (G, P, S) float32 (or float64). Every
@@ -27,61 +33,174 @@ kernel reads its inputs through strides; the ones LSH attention passes are views
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from chunkformer.ops.triton_support import triton_device_reasons, triton_reasons
+
 __all__ = [
     "BLOCK_KERNELS",
+    "BlockKernel",
+    "TritonLSHKernel",
     "block_backward",
     "block_forward",
     "block_kernel",
+    "kernel_record",
     "kernel_width",
+    "select_block_kernel",
     "takes_overlapping_keys",
     "zeroes_empty_rows",
 ]
-
-BLOCK_KERNELS: tuple[str, ...] = ("cpu_flash", "cuda_efficient", "xformers", "math")
 
 # The fused CUDA kernels store the log-sum-exp padded to a multiple of this many queries, and their backward
 # reads it so (PyTorch's kAlignLSE; xformers pads it the same way before calling them).
 _CUDA_LSE_ALIGNMENT = 32
 
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_CUDA_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
-def block_kernel(backend: str, device: torch.device, dropout_p: float) -> str:
-    """The block kernel for a dispatch backend (``"sdpa"``, ``"xformers"`` or ``"math"``) on ``device``.
 
-    Dropout always takes ``"math"``: LSH attention draws its dropout masks from the caller's generator, and
-    the fused kernels draw their own.
+@dataclass(frozen=True)
+class BlockKernel:
+    """What one block kernel supports, and why it refuses an input.
+
+    Attributes:
+        name: the kernel's name, as :func:`block_forward` and :func:`block_backward` take it.
+        backends: the attention dispatch backends that choose it.
+        devices: device types it runs on; None for any.
+        dtypes: input dtypes it runs on.
+        supports_dropout: whether it applies a dropout mask it is given. LSH attention draws its masks from
+            the caller's generator; the fused kernels draw their own, so only the math kernel takes them.
+        takes_overlapping_keys: whether it reads key views that share memory (overlapping windows)
+            correctly. The CUDA backward kernels allocate key gradients with the keys' strides, which would
+            make overlapping windows write over each other.
+        zeroes_empty_rows: whether a query whose keys are all masked gets a zero output row (the CUDA
+            kernels' rows are not specified: 0 / 0 may give NaN).
+        reads_rows_in_place: True for a kernel that runs whole LSH rounds on the unsorted q, k, v and the
+            layout (``lsh_attention`` calls it instead of gathering blocks); such a kernel takes no blocks.
     """
-    if backend == "math" or dropout_p > 0.0:
-        return "math"
-    if backend == "xformers":
-        return "xformers" if device.type == "cuda" else "math"
-    if device.type == "cpu":
-        return "cpu_flash"
-    if device.type == "cuda":
-        return "cuda_efficient"
-    return "math"
+
+    name: str
+    backends: tuple[str, ...]
+    devices: tuple[str, ...] | None
+    dtypes: tuple[torch.dtype, ...]
+    supports_dropout: bool
+    takes_overlapping_keys: bool
+    zeroes_empty_rows: bool
+    reads_rows_in_place: bool = False
+
+    def not_supported_reasons(
+        self, device: torch.device | str, dtype: torch.dtype, dropout_p: float = 0.0
+    ) -> list[str]:
+        """Why this kernel cannot run blocks on ``device`` in ``dtype`` with ``dropout_p`` (empty: it can)."""
+        device_type = torch.device(device).type
+        reasons = []
+        if self.devices is not None and device_type not in self.devices:
+            reasons.append(f"runs on {' or '.join(self.devices)}, not {device_type}")
+        if dtype not in self.dtypes:
+            reasons.append(f"takes {', '.join(str(t) for t in self.dtypes)}, not {dtype}")
+        if dropout_p > 0.0 and not self.supports_dropout:
+            reasons.append(
+                f"draws its own dropout masks, so cannot apply dropout_p={dropout_p} from the caller's"
+            )
+        return reasons
 
 
-def takes_overlapping_keys(kernel: str) -> bool:
-    """Whether the kernel reads key views that share memory (overlapping windows) correctly. The CUDA
-    backward kernels allocate key gradients with the keys' strides, which would make overlapping windows
-    write over each other."""
-    return kernel in ("cpu_flash", "math")
+@dataclass(frozen=True)
+class TritonLSHKernel(BlockKernel):
+    """The record of LSH attention's fused Triton kernel: besides the table's checks (dtypes, dropout), Triton
+    must import, and the inputs be on CUDA, or on CPU under Triton's interpreter (``TRITON_INTERPRET=1``),
+    which a static ``devices`` field cannot say."""
+
+    def not_supported_reasons(
+        self, device: torch.device | str, dtype: torch.dtype, dropout_p: float = 0.0
+    ) -> list[str]:
+        reasons = triton_reasons() + triton_device_reasons(device, dtype)
+        # (The device and dtype were checked above, in words about Triton.)
+        return reasons + [
+            reason
+            for reason in super().not_supported_reasons(device, dtype, dropout_p)
+            if "dropout" in reason
+        ]
 
 
-def zeroes_empty_rows(kernel: str) -> bool:
-    """Whether a query whose keys are all masked gets a zero output row (the CUDA kernels' rows are not
-    specified: 0 / 0 may give NaN)."""
-    return kernel in ("cpu_flash", "math")
+# In order of preference: the first record that serves the backend and supports the input runs.
+BLOCK_KERNELS: dict[str, BlockKernel] = {
+    kernel.name: kernel
+    for kernel in (
+        BlockKernel("cpu_flash", ("sdpa",), ("cpu",), _FLOATS, False, True, True),
+        BlockKernel("cuda_efficient", ("sdpa",), ("cuda",), _CUDA_FLOATS, False, False, False),
+        BlockKernel("xformers", ("xformers",), ("cuda",), _CUDA_FLOATS, False, False, False),
+        # No dropout: its masks would have to be drawn in the kernel from the caller's generator.
+        TritonLSHKernel(
+            "triton", ("triton",), None, _CUDA_FLOATS, False, True, True, reads_rows_in_place=True
+        ),
+        BlockKernel("math", ("sdpa", "xformers", "triton", "math"), None, _FLOATS, True, True, True),
+    )
+}
+
+
+def kernel_record(kernel: str | BlockKernel) -> BlockKernel:
+    """The record of a kernel given by name (or the record itself).
+
+    Raises:
+        ValueError: for a name not in :data:`BLOCK_KERNELS`.
+    """
+    if isinstance(kernel, BlockKernel):
+        return kernel
+    if kernel not in BLOCK_KERNELS:
+        raise ValueError(f"unknown block kernel {kernel!r}; expected one of {tuple(BLOCK_KERNELS)}")
+    return BLOCK_KERNELS[kernel]
+
+
+def select_block_kernel(
+    backend: str, device: torch.device | str, dropout_p: float = 0.0, dtype: torch.dtype = torch.float32
+) -> BlockKernel:
+    """The first kernel of :data:`BLOCK_KERNELS` that serves the dispatch ``backend`` (``"sdpa"``,
+    ``"xformers"``, ``"math"`` or ``"triton"``) and supports the input.
+
+    Raises:
+        ValueError: when no kernel serves the backend, or none of those that do supports the input; the
+            message gives each one's reasons.
+    """
+    candidates = [kernel for kernel in BLOCK_KERNELS.values() if backend in kernel.backends]
+    if not candidates:
+        served = sorted({name for kernel in BLOCK_KERNELS.values() for name in kernel.backends})
+        raise ValueError(f"no block kernel serves the dispatch backend {backend!r}; expected one of {served}")
+    refusals = []
+    for kernel in candidates:
+        reasons = kernel.not_supported_reasons(device, dtype, dropout_p)
+        if not reasons:
+            return kernel
+        refusals.append(f"{kernel.name}: {'; '.join(reasons)}")
+    raise ValueError(f"no block kernel for backend {backend!r} runs these inputs: {' | '.join(refusals)}")
+
+
+def block_kernel(
+    backend: str, device: torch.device | str, dropout_p: float = 0.0, dtype: torch.dtype = torch.float32
+) -> str:
+    """The name of :func:`select_block_kernel`'s choice. Dropout always takes ``"math"``, the only kernel
+    that applies the caller's masks; ``"xformers"`` off CUDA, and ``"triton"`` where Triton cannot run, fall
+    back to it too."""
+    return select_block_kernel(backend, device, dropout_p, dtype).name
+
+
+def takes_overlapping_keys(kernel: str | BlockKernel) -> bool:
+    """Whether the kernel reads overlapping key views correctly (see :class:`BlockKernel`)."""
+    return kernel_record(kernel).takes_overlapping_keys
+
+
+def zeroes_empty_rows(kernel: str | BlockKernel) -> bool:
+    """Whether the kernel gives a query with every key masked a zero row (see :class:`BlockKernel`)."""
+    return kernel_record(kernel).zeroes_empty_rows
 
 
 def kernel_width(q: torch.Tensor, v: torch.Tensor) -> int:
     """One head size for q, k and v, rounded up to a multiple of 8: the CPU flash kernel's vector tail for
-    other widths rounds a row differently depending on its batch position (measured for odd widths in
-    float32), which would break bitwise causality, and the CUDA kernels need 16-byte aligned rows. Zero
+    other widths rounds a row differently depending on its batch position (odd widths in float32), which
+    would break bitwise causality, and the CUDA kernels need 16-byte aligned rows. Zero
     padding changes no dot product."""
     return -(-max(q.shape[-1], v.shape[-1]) // 8) * 8
 
@@ -91,7 +210,7 @@ def _pad_last(x: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def block_forward(
-    kernel: str,
+    kernel: str | BlockKernel,
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -104,7 +223,11 @@ def block_forward(
 
     A query whose keys are all masked gets lse -inf only from some kernels (others give 0 or NaN rows):
     callers mask such rows themselves.
+
+    Raises:
+        ValueError: for an unknown kernel, or a kernel that cannot run the input (the reasons named).
     """
+    kernel = _checked_name(kernel, q, dropout_p)
     if kernel == "math":
         return _math_forward(q, k, v, bias, scale, dropout_keep, dropout_p)
     width = kernel_width(q, v)
@@ -119,17 +242,17 @@ def block_forward(
         out, lse, *_ = torch.ops.aten._efficient_attention_forward(
             q_, k_, v_, bias, None, None, None, None, 0.0, 0, True, scale=scale
         )
-    elif kernel == "xformers":
+    else:
         from xformers.ops import fmha
 
-        out, lse = fmha.memory_efficient_attention_forward_requires_grad(q_, k_, v_, attn_bias=bias, scale=scale)
-    else:
-        raise ValueError(f"unknown block kernel {kernel!r}; expected one of {BLOCK_KERNELS}")
+        out, lse = fmha.memory_efficient_attention_forward_requires_grad(
+            q_, k_, v_, attn_bias=bias, scale=scale
+        )
     return out.transpose(1, 2)[..., : v.shape[-1]], lse[..., : q.shape[2]]
 
 
 def block_backward(
-    kernel: str,
+    kernel: str | BlockKernel,
     grad_out: torch.Tensor,
     q: torch.Tensor,
     k: torch.Tensor,
@@ -142,13 +265,23 @@ def block_backward(
     dropout_p: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of q, k and v for the given (merged) output and log-sum-exp, which need not be what
-    :func:`block_forward` returned: the weights are exp(logit - lse), the softmax Jacobian uses out."""
+    :func:`block_forward` returned: the weights are exp(logit - lse), the softmax Jacobian uses out.
+
+    Raises:
+        ValueError: for an unknown kernel, or a kernel that cannot run the input (the reasons named).
+    """
+    kernel = _checked_name(kernel, q, dropout_p)
     if kernel == "math":
         return _math_backward(grad_out, q, k, v, out, lse, bias, scale, dropout_keep, dropout_p)
     width = kernel_width(q, v)
     if kernel == "cpu_flash":
         grad_q, grad_k, grad_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            *(_pad_last(x, width) for x in (grad_out, q, k, v, out)), lse, 0.0, False, attn_mask=bias, scale=scale
+            *(_pad_last(x, width) for x in (grad_out, q, k, v, out)),
+            lse,
+            0.0,
+            False,
+            attn_mask=bias,
+            scale=scale,
         )
     else:
         bias = _aligned_bias(bias, q, k)
@@ -160,25 +293,51 @@ def block_backward(
             # (No dropout: the RNG state is not read. Sequence lengths -1: only read with cu_seqlens.)
             no_rng = torch.empty(0)
             grad_q, grad_k, grad_v, _ = torch.ops.aten._efficient_attention_backward(
-                grad_, q_, k_, v_, bias, out_, None, None, -1, -1, padded_lse, 0.0, no_rng, no_rng, 0, False,
+                grad_,
+                q_,
+                k_,
+                v_,
+                bias,
+                out_,
+                None,
+                None,
+                -1,
+                -1,
+                padded_lse,
+                0.0,
+                no_rng,
+                no_rng,
+                0,
+                False,
                 scale=scale,
             )
-        elif kernel == "xformers":
+        else:
             from xformers.ops import fmha
 
             grad_q, grad_k, grad_v = fmha.memory_efficient_attention_backward(
                 grad_, out_, lse.float().contiguous(), q_, k_, v_, attn_bias=bias, scale=scale
             )
-        else:
-            raise ValueError(f"unknown block kernel {kernel!r}; expected one of {BLOCK_KERNELS}")
         grad_q, grad_k, grad_v = (x.transpose(1, 2) for x in (grad_q, grad_k, grad_v))
     return grad_q[..., : q.shape[-1]], grad_k[..., : k.shape[-1]], grad_v[..., : v.shape[-1]]
 
 
+def _checked_name(kernel: str | BlockKernel, q: torch.Tensor, dropout_p: float) -> str:
+    record = kernel_record(kernel)
+    if record.reads_rows_in_place:
+        raise ValueError(
+            f"block kernel {record.name!r} runs whole LSH rounds on unsorted rows (lsh_attention calls it), "
+            "not gathered blocks"
+        )
+    reasons = record.not_supported_reasons(q.device, q.dtype, dropout_p)
+    if reasons:
+        raise ValueError(f"block kernel {record.name!r} cannot run these inputs: {'; '.join(reasons)}")
+    return record.name
+
+
 def _bmhk(x: torch.Tensor, width: int) -> torch.Tensor:
     """(G, P, S, d) -> (G, S, P, width), contiguous: the CUDA kernels' (batch, length, heads, dim) layout.
-    On an H200 the backward kernel gave NaN and wrong bf16 gradients (fp32 right) for block-major inputs, i.e.
-    strided views of this layout, and right ones for contiguous inputs. LSH attention's gathered blocks are
+    The backward kernel gives NaN and wrong bf16 gradients for strided views of this layout (block-major
+    inputs), right ones for contiguous inputs. LSH attention's gathered blocks are
     contiguous in it already, so this copies only when the head size needs padding."""
     return _pad_last(x.transpose(1, 2), width).contiguous()
 

@@ -11,6 +11,9 @@ Backends:
   installed, the inputs are on CUDA and xformers has a kernel for them. Imported lazily.
 * ``"math"``: a plain, readable softmax(QK^T)V in float32 (or float64) that the tests compare everything
   against.
+* ``"triton"``: LSH attention's fused Triton kernel (:mod:`chunkformer.ops.lsh_triton`), on CUDA or, with
+  ``TRITON_INTERPRET=1``, on CPU through Triton's interpreter; never chosen automatically (yet). Dense
+  attention has no Triton kernel of its own and runs SDPA under it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from chunkformer.ops.triton_support import triton_device_reasons, triton_reasons
+
 __all__ = [
     "BACKENDS",
     "ENV_VAR",
@@ -39,7 +44,7 @@ __all__ = [
     "use_backend",
 ]
 
-BACKENDS: tuple[str, ...] = ("sdpa", "xformers", "math")
+BACKENDS: tuple[str, ...] = ("sdpa", "xformers", "math", "triton")
 """Names accepted by ``backend=``, ``use_backend`` and the environment variable (plus ``"auto"``)."""
 
 ENV_VAR = "CHUNKFORMER_ATTN_BACKEND"
@@ -64,7 +69,7 @@ class BackendStatus:
     """Whether a backend can run on this machine, and if not, why.
 
     Attributes:
-        name: the backend name (``"sdpa"``, ``"xformers"`` or ``"math"``).
+        name: the backend name (``"sdpa"``, ``"xformers"``, ``"math"`` or ``"triton"``).
         available: True when the backend can run at least some inputs here.
         reasons: why it cannot, empty when ``available``.
     """
@@ -100,6 +105,8 @@ def _xformers_import_error() -> str | None:
 # answer cannot change while the process runs.
 @torch.compiler.assume_constant_result
 def _machine_reasons(name: str) -> list[str]:
+    if name == "triton":
+        return triton_reasons()
     if name != "xformers":
         return []
     reasons = []
@@ -217,6 +224,8 @@ def _input_reasons(name: str, q: torch.Tensor, v: torch.Tensor) -> list[str]:
             reasons.append(f"inputs are on {q.device.type!r}; xformers kernels need CUDA tensors")
         if q.dtype not in _XFORMERS_DTYPES:
             reasons.append(f"dtype {q.dtype} is not supported; xformers needs float16, bfloat16 or float32")
+    elif name == "triton":
+        reasons.extend(triton_device_reasons(q.device, q.dtype))
     return reasons
 
 
@@ -412,7 +421,26 @@ def _xformers_attention(
     return out.transpose(1, 2)
 
 
-_KERNELS = {"sdpa": _sdpa_attention, "xformers": _xformers_attention, "math": _math_attention}
+def _triton_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    dropout_p: float,
+    is_causal: bool,
+    scale: float,
+) -> torch.Tensor:
+    """Dense attention under the ``"triton"`` backend: SDPA. The Triton kernel serves LSH attention; a model
+    switched to ``"triton"`` keeps its dense layers running."""
+    return _sdpa_attention(q, k, v, attn_mask, dropout_p, is_causal, scale)
+
+
+_KERNELS = {
+    "sdpa": _sdpa_attention,
+    "xformers": _xformers_attention,
+    "math": _math_attention,
+    "triton": _triton_attention,
+}
 
 
 def attention(
@@ -448,8 +476,8 @@ def attention(
         is_causal: query i attends to keys 0..i (top-left aligned when Nq != Nk, as in SDPA). May be
             combined with ``attn_mask``: both must allow a pair.
         scale: logit scale, ``1 / sqrt(d)`` when None.
-        backend: ``"sdpa"``, ``"xformers"``, ``"math"`` or ``"auto"``; None defers to the context and
-            environment.
+        backend: ``"sdpa"``, ``"xformers"``, ``"math"``, ``"triton"`` (SDPA here; see the module docstring)
+            or ``"auto"``; None defers to the context and environment.
 
     Returns:
         The attention output.

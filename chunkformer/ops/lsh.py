@@ -1,10 +1,12 @@
 """Angular locality-sensitive hashing and the bucket-sorted layouts LSH attention runs on.
 
 Everything here is integer bookkeeping without gradients: which token sits in which slot of which block,
-and which key block each query block looks at. :mod:`chunkformer.ops.lsh_kernel` does the arithmetic.
+and which key block each query block looks at. :mod:`chunkformer.ops.lsh_rounds` does the arithmetic.
 
-Two layouts, both vectorised over batch x heads x hash rounds with static shapes (no data-dependent sizes, so
-they run on the meta device and under ``torch.compile``):
+Two layouts, :class:`SortedLayout` and :class:`BucketAlignedLayout` (built by :func:`sorted_layout` and
+:func:`bucket_aligned_layout`; each builds its pair masks in a method), both vectorised over batch x heads x
+hash rounds with static shapes (no data-dependent sizes, so they run on the meta device and under
+``torch.compile``):
 
 * **sorted** (non-causal): tokens sorted by (bucket, position) and cut into blocks of ``bucket_size``; query
   block g sees key blocks g and g - 1 (cyclically within the round), as in Reformer.
@@ -17,13 +19,14 @@ they run on the meta device and under ``torch.compile``):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 __all__ = [
+    "BucketAlignedLayout",
     "LSHLayout",
+    "SortedLayout",
     "bucket_aligned_layout",
     "default_n_buckets",
     "hash_buckets",
@@ -61,8 +64,7 @@ def random_rotations(
 _HASH_CHUNK_VALUES = 1 << 21
 _HASH_CHUNK_MIN_ROWS = 1024
 # On a GPU the cache argument does not hold and each piece costs a dozen kernel launches: pieces of 256 MB
-# (float32), so 64K tokens, 4 heads and 4 rounds hash in two (measured on an H200, bf16, 64K tokens, 4 rounds:
-# the 2 MB pieces made hashing most of the forward pass).
+# (float32), so 64K tokens, 4 heads and 4 rounds hash in two.
 _CUDA_HASH_CHUNK_VALUES = 1 << 26
 
 
@@ -91,8 +93,8 @@ def hash_buckets(x: torch.Tensor, rotations: torch.Tensor, n_buckets: int) -> to
     rows = x.reshape(groups * seq_len, -1)
     buckets = torch.empty(groups * seq_len, n_hashes, dtype=torch.long, device=x.device)
     # The projections (G * N x n_hashes x n_buckets / 2 values, 2 GB at 64K tokens) are made and reduced a
-    # few thousand rows at a time, so each piece is reduced while it is still in cache (measured 1.5x faster
-    # at 64K tokens than one matmul and reductions over the whole) and never exists in full.
+    # few thousand rows at a time, so each piece is reduced while it is still in cache and never exists in
+    # full.
     indexed = _index_reductions_are_fast(x.device)
     chunk_values = _CUDA_HASH_CHUNK_VALUES if x.device.type == "cuda" else _HASH_CHUNK_VALUES
     chunk = max(_HASH_CHUNK_MIN_ROWS, chunk_values // (n_hashes * half))
@@ -116,14 +118,11 @@ def _signed_argmax_indexed(projected: torch.Tensor) -> torch.Tensor:
 def _signed_argmax_(projected: torch.Tensor) -> torch.Tensor:
     """argmax over [p, -p] along the last axis (first index on ties), overwriting ``projected``.
 
-    Reductions that return indices are not vectorised on CPU (measured 15x slower than ``amax``), nor are
-    comparisons into bool, so every pass here is a vectorised reduction or in-place arithmetic: the winner
-    w from ``amax`` / ``amin``, then in place p == w as 0 / 1 floats, times (width - position), whose
-    ``amax`` is width minus w's first position. A row with NaN (where nothing equals w) gets the last
-    position of its half: in range, like every other row. Measured on 2 cores, identical buckets: 1.3x
-    faster at 512 values per row than the integer search it replaced (|p - w| as int bits, clamped to
-    0 / 1, plus positions, ``amin``), which was 2.4x faster at 128 values per row and 1.7x at 512 than a
-    search through group maxima.
+    Reductions that return indices are not vectorised on CPU, nor are comparisons into bool, so every pass
+    here is a vectorised reduction or in-place arithmetic: the winner w from ``amax`` / ``amin``, then in
+    place p == w as 0 / 1 floats, times (width - position), whose ``amax`` is width minus w's first
+    position. A row with NaN (where nothing equals w) gets the last position of its half: in range, like
+    every other row.
     """
     half = projected.shape[-1]
     top, bottom = projected.amax(dim=-1, keepdim=True), projected.amin(dim=-1, keepdim=True)
@@ -163,7 +162,6 @@ class LSHLayout:
     needs_mask: bool
     rounds_used: int
     empty_query_slots: bool
-    _keep: Callable[[int, slice, dict[str, torch.Tensor]], torch.Tensor]
     key_order: torch.Tensor | None = None
     first_round_pattern: torch.Tensor | None = None
 
@@ -181,7 +179,11 @@ class LSHLayout:
         """
         if not self.needs_mask:
             return None
-        return self._keep(round_index, blocks, {} if scratch is None else scratch)
+        return self._piece_keep(round_index, blocks, {} if scratch is None else scratch)
+
+    def _piece_keep(self, round_index: int, blocks: slice, scratch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The mask of one piece, as :meth:`keep` returns it; each layout knows how its pairs are in view."""
+        raise NotImplementedError(f"{type(self).__name__} does not say which pairs it attends")
 
     def keep_pattern(self, round_index: int) -> torch.Tensor | None:
         """The (bs, K) bool pattern that round ``round_index``'s mask repeats in every block of every group,
@@ -192,7 +194,142 @@ class LSHLayout:
         return self.first_round_pattern
 
 
-def _scratch(scratch: dict[str, torch.Tensor], name: str, shape: torch.Size, dtype: torch.dtype, device) -> torch.Tensor:
+@dataclass(kw_only=True)
+class SortedLayout(LSHLayout):
+    """Reformer's layout (see :func:`sorted_layout`): a pair is in view in a round when the key's block is the
+    query's block or the one before it, so earlier rounds' pairs are found by comparing block numbers.
+
+    Attributes:
+        shared_qk: whether queries are keys (a token never attends to itself).
+        has_padding: whether some slot holds padding (masked keys, empty query slots).
+        not_self: (bs, K) bool, False where a query meets its own key (all True without shared QK).
+        not_self_flags, real_flags: ``not_self`` and (G, N + 1) real-token flags in ``key_block``'s integer
+            type, which the masks are built in.
+        key_block, query_block, query_previous_block: (G, R, N + 1) block numbers per round (and the block
+            before the query's, cyclically); empty slots get numbers above every real one.
+    """
+
+    shared_qk: bool
+    has_padding: bool
+    not_self: torch.Tensor
+    not_self_flags: torch.Tensor
+    real_flags: torch.Tensor
+    key_block: torch.Tensor
+    query_block: torch.Tensor
+    query_previous_block: torch.Tensor
+
+    def _piece_keep(self, round_index: int, blocks: slice, scratch: dict[str, torch.Tensor]) -> torch.Tensor:
+        # The mask is built in the block numbers' integer type: a comparison written into its inputs' own
+        # type, and an and of two such masks, are vectorised on CPU; comparisons and ands that broadcast into
+        # bool are not.
+        query_ids, key_ids = self.query_ids, self.key_ids
+        groups, _, _, bucket_size = query_ids.shape
+        block_dtype, device = self.key_block.dtype, query_ids.device
+        query_r = query_ids[:, round_index, blocks]
+        shape = (groups, query_r.shape[1], bucket_size, key_ids.shape[-1])
+        if not self.has_padding and round_index == 0:
+            return self.not_self.expand(shape)
+        kept = _scratch(scratch, "kept", torch.Size(shape), block_dtype, device)
+        if self.has_padding:
+            key_r = key_ids[:, round_index, blocks]
+            query_real = _lookup(self.real_flags, query_r)[..., :, None]
+            torch.bitwise_and(query_real, _lookup(self.real_flags, key_r)[..., None, :], out=kept)
+            if self.shared_qk:
+                kept.bitwise_and_(self.not_self_flags)
+        else:
+            kept.copy_(self.not_self_flags.expand(shape))
+        # Pairs seen in an earlier round are dropped.
+        differs = _scratch(scratch, "differs", torch.Size(shape), block_dtype, device)
+        for earlier in range(round_index):
+            # Block numbers of round `earlier` at the slots of round `round_index`, looked up for the
+            # whole round at its first piece (a few small gathers instead of a few per piece).
+            name = f"blocks of round {earlier} in round {round_index}"
+            if name + ": keys" not in scratch:
+                query_all = query_ids[:, round_index]
+                scratch[name + ": keys"] = _lookup(self.key_block[:, earlier], key_ids[:, round_index])[
+                    ..., None, :
+                ]
+                scratch[name + ": queries"] = _lookup(self.query_block[:, earlier], query_all)[..., :, None]
+                scratch[name + ": previous"] = _lookup(self.query_previous_block[:, earlier], query_all)[
+                    ..., :, None
+                ]
+            key_b = scratch[name + ": keys"][:, blocks]
+            for side in (": queries", ": previous"):
+                kept.bitwise_and_(torch.ne(key_b, scratch[name + side][:, blocks], out=differs))
+        result = _scratch(scratch, "keep", torch.Size(shape), torch.bool, device)
+        result.view(torch.uint8).copy_(kept)
+        return result
+
+
+@dataclass(kw_only=True)
+class BucketAlignedLayout(LSHLayout):
+    """The strictly causal layout (see :func:`bucket_aligned_layout`): a pair is in view in a round when the
+    key is in the query's bucket with a rank in (newest - bucket_size, newest], which one integer code per
+    token turns into two comparisons.
+
+    Attributes:
+        shared_qk: whether queries are keys (a token never attends to itself).
+        key_code: (G, R, N + 1) bucket x stride + rank + bs per key; -1 for padding.
+        query_high: (G, R, N + 1) the code of the newest key a query may see; far below every key code for a
+            query with no key.
+        not_self_codes: (bs, K) 0 where a query meets its own key, 1 elsewhere, in the codes' type; None
+            without shared QK.
+    """
+
+    shared_qk: bool
+    key_code: torch.Tensor
+    query_high: torch.Tensor
+    not_self_codes: torch.Tensor | None
+
+    def _out_of_view(
+        self, code_round: int, round_index: int, blocks: slice, out: torch.Tensor, below: torch.Tensor
+    ) -> None:
+        """``out`` <- -1 where round ``code_round`` does not have the pair in view, 0 where it does.
+
+        In view: 0 <= high - code < bucket_size, i.e. high - code and code + bucket_size - 1 - high both
+        non-negative; or-ed, the sign bit says whether either is negative, and an arithmetic shift spreads it.
+        Integer arithmetic throughout: comparisons that broadcast into bool are not vectorised on CPU.
+        """
+        bucket_size = self.query_ids.shape[-1]
+        sign_shift = torch.iinfo(self.key_code.dtype).bits - 1
+        query_r, key_r = self.query_ids[:, round_index, blocks], self.key_ids[:, round_index, blocks]
+        code = _lookup(self.key_code[:, code_round], key_r)[..., None, :]
+        high = _lookup(self.query_high[:, code_round], query_r)[..., :, None]
+        torch.sub(high, code, out=out)
+        out.bitwise_or_(torch.sub(code + (bucket_size - 1), high, out=below)).bitwise_right_shift_(sign_shift)
+
+    def _piece_keep(self, round_index: int, blocks: slice, scratch: dict[str, torch.Tensor]) -> torch.Tensor:
+        groups, _, _, bucket_size = self.query_ids.shape
+        code_dtype, device = self.key_code.dtype, self.query_ids.device
+        n_blocks = self.query_ids[:, round_index, blocks].shape[1]
+        shape = torch.Size((groups, n_blocks, bucket_size, self.key_ids.shape[-1]))
+        kept = _scratch(scratch, "kept", shape, code_dtype, device)
+        earlier_view = _scratch(scratch, "earlier", shape, code_dtype, device)
+        below = _scratch(scratch, "below", shape, code_dtype, device)
+        self._out_of_view(round_index, round_index, blocks, kept, below)
+        kept.add_(1)  # 1 in view, 0 not
+        if self.not_self_codes is not None:
+            kept.bitwise_and_(self.not_self_codes)
+        for earlier in range(round_index):
+            self._out_of_view(earlier, round_index, blocks, earlier_view, below)
+            kept.bitwise_and_(earlier_view)  # and-ed with 0 where that round had the pair in view
+        result = _scratch(scratch, "keep", shape, torch.bool, device)
+        result.view(torch.uint8).copy_(kept)
+        return result
+
+
+def _not_self_pattern(bucket_size: int, n_keys: int, device: torch.device) -> torch.Tensor:
+    """(bs, K) bool, False where query slot i meets key slot i of the last key block in view: under shared QK
+    a query's own key sits there in every block, so self-exclusion is a fixed pattern, no comparison."""
+    return (
+        torch.arange(bucket_size, device=device)[:, None] + (n_keys - bucket_size)
+        != torch.arange(n_keys, device=device)[None, :]
+    )
+
+
+def _scratch(
+    scratch: dict[str, torch.Tensor], name: str, shape: torch.Size, dtype: torch.dtype, device
+) -> torch.Tensor:
     """A work tensor of ``shape`` from ``scratch[name]``, grown when a call needs more than it holds."""
     numel = math.prod(shape)
     if name not in scratch or scratch[name].numel() < numel:
@@ -266,7 +403,11 @@ def sorted_layout(
     key_blocks = key_order.reshape(groups, rounds, n_blocks, bucket_size)
     key_ids = torch.cat([key_blocks.roll(1, dims=2), key_blocks], dim=-1) if n_blocks > 1 else key_blocks
 
-    placed = torch.ones_like(query_slot, dtype=torch.bool) if valid is None else valid[:, None].expand_as(query_slot)
+    placed = (
+        torch.ones_like(query_slot, dtype=torch.bool)
+        if valid is None
+        else valid[:, None].expand_as(query_slot)
+    )
     flat_slot = _flat_query_slot(query_slot, placed, padded_len)
 
     real = torch.ones(groups, seq_len, dtype=torch.bool, device=device) if valid is None else valid
@@ -275,59 +416,24 @@ def sorted_layout(
     # Under shared QK a query and its own key sit at the same place of every block (slot i of the query
     # block is slot i of the last key block in view): self-exclusion is a fixed pattern, no comparison.
     not_self = (
-        torch.arange(bucket_size, device=device)[:, None] + (n_keys - bucket_size)
-        != torch.arange(n_keys, device=device)[None, :]
-    ) if shared_qk else torch.ones(bucket_size, n_keys, dtype=torch.bool, device=device)
+        _not_self_pattern(bucket_size, n_keys, device)
+        if shared_qk
+        else torch.ones(bucket_size, n_keys, dtype=torch.bool, device=device)
+    )
 
     # In round r' a pair is in view when the key's block is the query's block or the one before it.
     # Block numbers are compared as int16 where they fit: the comparisons run over every pair in view.
     # Empty slots get block numbers above every real one, distinct for queries and keys.
     block_dtype = torch.int16 if n_blocks < 2**15 - 8 else torch.int32
     empty_query, empty_key = torch.iinfo(block_dtype).max, torch.iinfo(block_dtype).max - 1
-    query_block = _with_pad(torch.div(query_slot, bucket_size, rounding_mode="floor").to(block_dtype), empty_query)
+    query_block = _with_pad(
+        torch.div(query_slot, bucket_size, rounding_mode="floor").to(block_dtype), empty_query
+    )
     key_block = _with_pad(torch.div(key_slot, bucket_size, rounding_mode="floor").to(block_dtype), empty_key)
     query_previous_block = torch.where(query_block > 0, query_block - 1, query_block + n_blocks - 1)
     query_previous_block[..., -1] = empty_query
 
-    # The mask is built in the block numbers' integer type: a comparison written into its inputs' own type,
-    # and an and of two such masks, are vectorised on CPU, while comparisons and ands that broadcast into
-    # bool are not (measured 8-20x slower than integer arithmetic on the same shapes).
-    real_flags = real.to(block_dtype)
-    not_self_flags = not_self.to(block_dtype)
-
-    def keep(round_index: int, blocks: slice, scratch: dict[str, torch.Tensor]) -> torch.Tensor:
-        query_r = query_ids[:, round_index, blocks]
-        shape = (groups, query_r.shape[1], bucket_size, n_keys)
-        if not has_padding and round_index == 0:
-            return not_self.expand(shape)
-        kept = _scratch(scratch, "kept", torch.Size(shape), block_dtype, device)
-        if has_padding:
-            key_r = key_ids[:, round_index, blocks]
-            query_real = _lookup(real_flags, query_r)[..., :, None]
-            torch.bitwise_and(query_real, _lookup(real_flags, key_r)[..., None, :], out=kept)
-            if shared_qk:
-                kept.bitwise_and_(not_self_flags)
-        else:
-            kept.copy_(not_self_flags.expand(shape))
-        # Pairs seen in an earlier round are dropped.
-        differs = _scratch(scratch, "differs", torch.Size(shape), block_dtype, device)
-        for earlier in range(round_index):
-            # Block numbers of round `earlier` at the slots of round `round_index`, looked up for the
-            # whole round at its first piece (a few small gathers instead of a few per piece).
-            name = f"blocks of round {earlier} in round {round_index}"
-            if name + ": keys" not in scratch:
-                query_all = query_ids[:, round_index]
-                scratch[name + ": keys"] = _lookup(key_block[:, earlier], key_ids[:, round_index])[..., None, :]
-                scratch[name + ": queries"] = _lookup(query_block[:, earlier], query_all)[..., :, None]
-                scratch[name + ": previous"] = _lookup(query_previous_block[:, earlier], query_all)[..., :, None]
-            key_b = scratch[name + ": keys"][:, blocks]
-            for side in (": queries", ": previous"):
-                kept.bitwise_and_(torch.ne(key_b, scratch[name + side][:, blocks], out=differs))
-        result = _scratch(scratch, "keep", torch.Size(shape), torch.bool, device)
-        result.view(torch.uint8).copy_(kept)
-        return result
-
-    return LSHLayout(
+    return SortedLayout(
         query_ids,
         key_ids,
         flat_slot,
@@ -335,11 +441,18 @@ def sorted_layout(
         # One block: every round has every key in view, so the first round attends to the whole union.
         rounds_used=1 if n_blocks == 1 else rounds,
         empty_query_slots=has_padding,
-        _keep=keep,
         key_order=key_order if n_blocks > 1 else None,
         # Without padding the first round drops nothing: its mask is the self-exclusion pattern (all True
         # without shared QK) in every block.
         first_round_pattern=None if has_padding else not_self,
+        shared_qk=shared_qk,
+        has_padding=has_padding,
+        not_self=not_self,
+        not_self_flags=not_self.to(block_dtype),
+        real_flags=real.to(block_dtype),
+        key_block=key_block,
+        query_block=query_block,
+        query_previous_block=query_previous_block,
     )
 
 
@@ -419,7 +532,9 @@ def bucket_aligned_layout(
         group_order = torch.sort(group, dim=-1, stable=True).indices
         group_size = torch.zeros(groups, rounds, n_key_blocks + 1, dtype=torch.long, device=device)
         group_size.scatter_add_(-1, group, torch.ones_like(group))
-        rank_in_group = _inverse_permutation(group_order) - torch.gather(_exclusive_cumsum(group_size), -1, group)
+        rank_in_group = _inverse_permutation(group_order) - torch.gather(
+            _exclusive_cumsum(group_size), -1, group
+        )
         blocks_per_group = torch.div(group_size + bucket_size - 1, bucket_size, rounding_mode="floor")
         blocks_per_group[..., n_key_blocks] = 0
         query_block = torch.gather(_exclusive_cumsum(blocks_per_group), -1, group) + torch.div(
@@ -434,7 +549,9 @@ def bucket_aligned_layout(
     query_slots = n_query_blocks * bucket_size
     query_token = torch.full((groups, rounds, query_slots + 1), seq_len, dtype=torch.long, device=device)
     query_token.scatter_(
-        -1, torch.where(has_key, query_slot, query_slots), positions.expand(groups, rounds, seq_len).contiguous()
+        -1,
+        torch.where(has_key, query_slot, query_slots),
+        positions.expand(groups, rounds, seq_len).contiguous(),
     )
     query_ids = query_token[..., :query_slots].reshape(groups, rounds, n_query_blocks, bucket_size)
 
@@ -450,55 +567,23 @@ def bucket_aligned_layout(
     stride = seq_len + 2 * bucket_size + 2
     # (Differences of two codes span (n_buckets + 3) * stride + bucket_size, which must not overflow.)
     code_dtype = torch.int32 if (n_buckets + 4) * stride < 2**31 else torch.long
-    sign_shift = torch.iinfo(code_dtype).bits - 1
-    key_code = _with_pad(torch.where(real, key_buckets * stride + key_rank + bucket_size, -1).to(code_dtype), -1)
+    key_code = _with_pad(
+        torch.where(real, key_buckets * stride + key_rank + bucket_size, -1).to(code_dtype), -1
+    )
     query_high = torch.where(has_key, query_buckets * stride + newest + bucket_size, -2 * stride)
     query_high = _with_pad(query_high.to(code_dtype), -2 * stride)
-    n_keys = key_ids.shape[-1]
-    if shared_qk:
-        # A query's own key sits at its own slot of the second key block in view (its own block).
-        not_self = (
-            torch.arange(bucket_size, device=device)[:, None] + (n_keys - bucket_size)
-            != torch.arange(n_keys, device=device)[None, :]
-        ).to(code_dtype)
+    # Under shared QK a query's own key sits at its own slot of the second key block in view (its own block).
+    not_self = _not_self_pattern(bucket_size, key_ids.shape[-1], device)
 
-    def out_of_view(
-        code_round: int, round_index: int, blocks: slice, out: torch.Tensor, below: torch.Tensor
-    ) -> None:
-        """``out`` <- -1 where round ``code_round`` does not have the pair in view, 0 where it does.
-
-        In view: 0 <= high - code < bucket_size, i.e. high - code and code + bucket_size - 1 - high both
-        non-negative; or-ed, the sign bit says whether either is negative, and an arithmetic shift spreads it.
-        Integer arithmetic throughout: comparisons that broadcast into bool are 5x slower here.
-        """
-        query_r, key_r = query_ids[:, round_index, blocks], key_ids[:, round_index, blocks]
-        code = _lookup(key_code[:, code_round], key_r)[..., None, :]
-        high = _lookup(query_high[:, code_round], query_r)[..., :, None]
-        torch.sub(high, code, out=out)
-        out.bitwise_or_(torch.sub(code + (bucket_size - 1), high, out=below)).bitwise_right_shift_(sign_shift)
-
-    def keep(round_index: int, blocks: slice, scratch: dict[str, torch.Tensor]) -> torch.Tensor:
-        shape = torch.Size((groups, query_ids[:, round_index, blocks].shape[1], bucket_size, n_keys))
-        kept = _scratch(scratch, "kept", shape, code_dtype, device)
-        earlier_view = _scratch(scratch, "earlier", shape, code_dtype, device)
-        below = _scratch(scratch, "below", shape, code_dtype, device)
-        out_of_view(round_index, round_index, blocks, kept, below)
-        kept.add_(1)  # 1 in view, 0 not
-        if shared_qk:
-            kept.bitwise_and_(not_self)
-        for earlier in range(round_index):
-            out_of_view(earlier, round_index, blocks, earlier_view, below)
-            kept.bitwise_and_(earlier_view)  # and-ed with 0 where that round had the pair in view
-        result = _scratch(scratch, "keep", shape, torch.bool, device)
-        result.view(torch.uint8).copy_(kept)
-        return result
-
-    return LSHLayout(
+    return BucketAlignedLayout(
         query_ids,
         key_ids,
         _flat_query_slot(query_slot, has_key, query_slots),
         needs_mask=True,
         rounds_used=rounds,
         empty_query_slots=True,
-        _keep=keep,
+        shared_qk=shared_qk,
+        key_code=key_code,
+        query_high=query_high,
+        not_self_codes=not_self.to(code_dtype) if shared_qk else None,
     )

@@ -134,7 +134,7 @@ def by_hand(module: LSHAttention, x: torch.Tensor, mask: torch.Tensor | None, se
         v,
         bucket_size=module.bucket_size,
         n_hashes=module.n_hashes,
-        causal=module.causal,
+        is_causal=module.causal,
         shared_qk=module.shared_qk,
         key_padding_mask=None if mask is None else mask.reshape(batch, seq_len),
         generator=torch.Generator().manual_seed(seed),

@@ -459,6 +459,7 @@ def install_spies(monkeypatch: pytest.MonkeyPatch, xformers_error: Exception | N
         "sdpa": dispatch._sdpa_attention,
         "math": dispatch._math_attention,
         "xformers": dispatch._math_attention,
+        "triton": dispatch._sdpa_attention,
     }
     for name in BACKENDS:
         kernel = spy.wrap(name, real[name], xformers_error if name == "xformers" else None)

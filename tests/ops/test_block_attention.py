@@ -1,4 +1,5 @@
-"""Block kernels with log-sum-exp (chunkformer.ops.block_attention) against an independent float64 formulation.
+"""Block kernels with log-sum-exp (chunkformer.ops.block_attention) against an independent float64
+formulation, and the kernel records the selection reads.
 
 Every kernel this machine can run (the CPU flash kernels always; the CUDA ones when a GPU, and xformers, are
 there) must give the math of softmax attention with an additive 0 / -inf mask: the output and the
@@ -15,8 +16,15 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chunkformer.ops import available_backends
-from chunkformer.ops.block_attention import BLOCK_KERNELS, block_backward, block_forward, block_kernel
+from chunkformer.ops import available_backends, block_attention
+from chunkformer.ops.block_attention import (
+    BLOCK_KERNELS,
+    BlockKernel,
+    block_backward,
+    block_forward,
+    block_kernel,
+    select_block_kernel,
+)
 
 CUDA = torch.cuda.is_available()
 # (Installed is not enough: a wheel built for another torch imports and then has no kernel at all.)
@@ -27,7 +35,9 @@ def kernels_here() -> list[object]:
     params: list[object] = ["cpu_flash", "math"]
     params.append(pytest.param("cuda_efficient", marks=pytest.mark.skipif(not CUDA, reason="needs CUDA")))
     params.append(
-        pytest.param("xformers", marks=pytest.mark.skipif(not XFORMERS, reason="needs CUDA and a working xformers"))
+        pytest.param(
+            "xformers", marks=pytest.mark.skipif(not XFORMERS, reason="needs CUDA and a working xformers")
+        )
     )
     return params
 
@@ -135,11 +145,18 @@ def test_backward_uses_the_given_output_and_lse(
     out = (own_out + 0.1 * torch.randn(own_out.shape, generator=generator, dtype=torch.float64)).to(dtype)
     grad_out = torch.randn(own_out.shape, generator=generator).to(dtype)
     grads = block_backward(
-        kernel, grad_out.to(device), q, k, v, out.to(device), lse.float().to(device), bias_of(keep, dtype, device),
+        kernel,
+        grad_out.to(device),
+        q,
+        k,
+        v,
+        out.to(device),
+        lse.float().to(device),
+        bias_of(keep, dtype, device),
         scale,
     )
     expected = reference(q, k, v, keep, scale, out=out, lse=lse.float(), grad_out=grad_out)
-    for name, got, want, like in zip(["grad q", "grad k", "grad v"], grads, expected, (q, k, v)):
+    for name, got, want, like in zip(["grad q", "grad k", "grad v"], grads, expected, (q, k, v), strict=True):
         assert got.shape == like.shape, name
         assert_rows_close(got, want, dtype, name)
 
@@ -156,7 +173,9 @@ def test_backward_uses_the_given_output_and_lse(
         ("sdpa", "meta", 0.0, "math"),
     ],
 )
-def test_block_kernel_follows_the_dispatch_backend(backend: str, device: str, dropout_p: float, expected: str) -> None:
+def test_block_kernel_follows_the_dispatch_backend(
+    backend: str, device: str, dropout_p: float, expected: str
+) -> None:
     kernel = block_kernel(backend, torch.device(device), dropout_p)
     assert kernel == expected and kernel in BLOCK_KERNELS
 
@@ -165,3 +184,65 @@ def test_unknown_kernel_is_named_in_the_error() -> None:
     q = torch.randn(1, 1, 4, 8)
     with pytest.raises(ValueError, match="unknown block kernel 'flash3'.*cpu_flash"):
         block_forward("flash3", q, q, q, None, 1.0)
+
+
+def test_every_kernel_is_a_record_named_by_its_key() -> None:
+    for name, record in BLOCK_KERNELS.items():
+        assert isinstance(record, BlockKernel) and record.name == name
+    # The math kernel serves every backend and refuses nothing: selection always finds a kernel.
+    assert BLOCK_KERNELS["math"].not_supported_reasons("meta", torch.float64, 0.5) == []
+
+
+@pytest.mark.parametrize(
+    "name,device,dtype,dropout_p,reasons",
+    [
+        ("cpu_flash", "cpu", torch.float32, 0.0, []),
+        ("cpu_flash", "cuda", torch.float32, 0.0, ["runs on cpu, not cuda"]),
+        ("cpu_flash", "cpu", torch.float32, 0.1, ["draws its own dropout masks"]),
+        (
+            "cuda_efficient",
+            "cuda",
+            torch.float64,
+            0.0,
+            ["takes torch.float16, torch.bfloat16, torch.float32, not torch.float64"],
+        ),
+        (
+            "xformers",
+            "cpu",
+            torch.float64,
+            0.1,
+            ["runs on cuda, not cpu", "not torch.float64", "dropout_p=0.1"],
+        ),
+    ],
+)
+def test_not_supported_reasons_name_each_refusal(
+    name: str, device: str, dtype: torch.dtype, dropout_p: float, reasons: list[str]
+) -> None:
+    got = BLOCK_KERNELS[name].not_supported_reasons(device, dtype, dropout_p)
+    assert len(got) == len(reasons)
+    for reason, expected in zip(got, reasons, strict=True):
+        assert expected in reason
+
+
+def test_selection_reads_the_table() -> None:
+    """A kernel that refuses an input gives way to the next one for the backend (float64 on CUDA: math)."""
+    assert select_block_kernel("sdpa", "cuda", 0.0, torch.float64).name == "math"
+    assert select_block_kernel("sdpa", "cpu", 0.0, torch.float64) is BLOCK_KERNELS["cpu_flash"]
+
+
+def test_selection_errors_name_the_reasons() -> None:
+    with pytest.raises(ValueError, match=r"no block kernel serves the dispatch backend 'flash3'"):
+        select_block_kernel("flash3", "cpu")
+    refusing = {"cpu_flash": BLOCK_KERNELS["cpu_flash"]}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(block_attention, "BLOCK_KERNELS", refusing)
+        with pytest.raises(ValueError, match=r"cpu_flash: runs on cpu, not cuda"):
+            select_block_kernel("sdpa", "cuda")
+
+
+def test_a_kernel_given_an_input_it_refuses_names_why() -> None:
+    q = torch.randn(1, 1, 4, 8)
+    with pytest.raises(
+        ValueError, match=r"block kernel 'cpu_flash' cannot run these inputs: .*dropout_p=0.5"
+    ):
+        block_forward("cpu_flash", q, q, q, None, 1.0, torch.ones(1, 1, 4, 4), 0.5)

@@ -1,10 +1,10 @@
 """Property tests for :func:`chunkformer.ops.lsh_attention` (Reformer-style angular-LSH attention).
 
-The package's vectorised kernel is compared against an independent, deliberately slow reference written here
-with plain Python loops over hash rounds, buckets and blocks: it decides which keys every query sees (the
-union over rounds), then runs dense float64 softmax attention restricted to that union. Nothing from
-``chunkformer.ops.lsh`` or ``chunkformer.ops.lsh_kernel`` is imported by the reference; it redraws the
-rotations from a generator built from the same seed.
+The package's vectorised kernel is compared against the independent, deliberately slow reference the package
+ships (:func:`chunkformer.ops.lsh_attention_reference`): plain Python loops over hash rounds, buckets and
+blocks decide which keys every query sees (the union over rounds), then dense float64 softmax attention runs
+restricted to that union. The reference imports nothing from the fast path; it redraws the rotations from a
+generator built from the same seed.
 
 Random tensors come from drawn seeds through a private ``torch.Generator``; the global RNG is left alone
 (and some tests check that the kernel leaves it alone too).
@@ -12,13 +12,12 @@ Random tensors come from drawn seeds through a private ``torch.Generator``; the 
 
 from __future__ import annotations
 
-import bisect
+import inspect
 import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -32,9 +31,14 @@ from chunkformer.ops import (
     available_backends,
     default_n_buckets,
     lsh_attention,
-    lsh_kernel,
+    lsh_attention_reference,
+    lsh_pieces,
+    lsh_reference,
     use_backend,
 )
+from chunkformer.ops.block_attention import BLOCK_KERNELS
+from chunkformer.ops.lsh_reference import reference_hash_margin
+from chunkformer.ops.lsh_rounds import logit_bias
 
 SEEDS = st.integers(0, 2**31 - 1)
 
@@ -119,7 +123,7 @@ class LSHCase:
             "bucket_size": self.bucket_size,
             "n_hashes": self.n_hashes,
             "n_buckets": self.n_buckets,
-            "causal": self.causal,
+            "is_causal": self.causal,
             "shared_qk": self.shared_qk,
             "key_padding_mask": self.mask,
             "dropout_p": self.dropout_p,
@@ -163,9 +167,9 @@ def lsh_cases(
     min_len: int = 1,
     max_len: int = 300,
     max_batch: int = 2,
-    bucket_sizes: st.SearchStrategy[int] = st.integers(2, 16),
-    n_hashes: st.SearchStrategy[int] = st.integers(1, 4),
-    n_buckets: st.SearchStrategy[int | None] = st.sampled_from([None, None, 1, 2, 4, 6, 8, 16]),
+    bucket_sizes: st.SearchStrategy[int] = st.integers(2, 16),  # noqa: B008
+    n_hashes: st.SearchStrategy[int] = st.integers(1, 4),  # noqa: B008
+    n_buckets: st.SearchStrategy[int | None] = st.sampled_from([None, None, 1, 2, 4, 6, 8, 16]),  # noqa: B008
     causal: bool | None = None,
     shared_qk: bool | None = None,
     masks: bool = True,
@@ -205,124 +209,30 @@ def reference_n_buckets(seq_len: int, bucket_size: int) -> int:
     return 1 if seq_len <= bucket_size else 2 * math.ceil(seq_len / (2 * bucket_size))
 
 
-def reference_rotations(head_dim: int, n_hashes: int, n_buckets: int, seed: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(head_dim, n_hashes, max(n_buckets // 2, 1), generator=generator, dtype=torch.float32)
-
-
-def reference_hash(x: torch.Tensor, rotation: torch.Tensor, n_buckets: int) -> tuple[list[int], list[float]]:
-    """Bucket of every row of x (N, d) for one round's rotation (d, n_buckets // 2), and its margin.
-
-    The margin is the gap between the best and second-best entry of [x R, -x R], computed in float64 from
-    the float32 values: the kernel's float32 arithmetic can only disagree where it is tiny.
-    """
-    if n_buckets == 1:
-        return [0] * x.shape[0], [math.inf] * x.shape[0]
-    projected = x.float().double() @ rotation.double()
-    both = torch.cat([projected, -projected], dim=-1)
-    top2 = both.topk(2, dim=-1).values
-    return both.argmax(dim=-1).tolist(), (top2[:, 0] - top2[:, 1]).tolist()
-
-
-def reference_views(case: LSHCase, batch: int, head: int) -> tuple[np.ndarray, float]:
-    """Which keys each query sees, as an (N, N) bool matrix (the union over rounds), and the smallest hash
-    margin of a real token (see :func:`reference_hash`)."""
-    seq_len, bucket_size = case.seq_len, case.bucket_size
-    n_buckets = reference_n_buckets(seq_len, bucket_size) if case.n_buckets is None else case.n_buckets
-    rotations = reference_rotations(case.q.shape[-1], case.n_hashes, n_buckets, case.seed)
-    real = case.real()[batch].tolist()
-    q, k = case.q[batch, head], case.k[batch, head]
-    seen = np.zeros((seq_len, seq_len), dtype=bool)
-    margin = math.inf
-    for r in range(case.n_hashes):
-        query_buckets, query_margin = reference_hash(q, rotations[:, r], n_buckets)
-        if case.shared_qk:
-            key_buckets, key_margin = query_buckets, query_margin
-        else:
-            key_buckets, key_margin = reference_hash(k, rotations[:, r], n_buckets)
-        margin = min([margin] + [m for m, ok in zip(query_margin + key_margin, real + real) if ok])
-
-        if case.causal:
-            members: dict[int, list[int]] = {b: [] for b in range(n_buckets)}
-            for j in range(seq_len):
-                if real[j]:
-                    members[key_buckets[j]].append(j)
-            for i in range(seq_len):
-                if not real[i]:
-                    continue
-                bucket_keys = members[query_buckets[i]]
-                newest = bisect.bisect_right(bucket_keys, i) - 1
-                for rank in range(max(0, newest - bucket_size + 1), newest + 1):
-                    seen[i, bucket_keys[rank]] = True
-            continue
-
-        n_blocks = max(1, math.ceil(seq_len / bucket_size))
-        padded_len = n_blocks * bucket_size
-
-        def sort_order(buckets: list[int]) -> list[int]:
-            # Padding and fill tokens go to bucket n_buckets, after every real bucket.
-            keyed = [
-                (buckets[i] if i < seq_len and real[i] else n_buckets, i) for i in range(padded_len)
-            ]
-            return [i for _, i in sorted(keyed)]
-
-        query_order = sort_order(query_buckets)
-        key_order = query_order if case.shared_qk else sort_order(key_buckets)
-        for block in range(n_blocks):
-            queries = [i for i in query_order[block * bucket_size : (block + 1) * bucket_size] if i < seq_len]
-            key_blocks = {block, (block - 1) % n_blocks} if n_blocks > 1 else {0}
-            keys = [
-                j
-                for key_block in sorted(key_blocks)
-                for j in key_order[key_block * bucket_size : (key_block + 1) * bucket_size]
-                if j < seq_len and real[j]
-            ]
-            for i in queries:
-                if real[i]:
-                    seen[i, keys] = True
-    if case.shared_qk:
-        np.fill_diagonal(seen, False)
-    return seen, margin
-
-
-def masked_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    seen: torch.Tensor,
-    fallback: torch.Tensor,
-) -> torch.Tensor:
-    """Dense float64 softmax attention of one head restricted to ``seen`` (N, N); an empty row returns its
-    ``fallback`` row. Differentiable."""
-    scale = q.shape[-1] ** -0.5
-    logits = (q @ k.T) * scale
-    has_key = seen.any(dim=-1)
-    logits = torch.where(seen, logits, -math.inf)
-    logits = torch.where(has_key[:, None], logits, 0.0)
-    weights = torch.softmax(logits, dim=-1) * seen
-    return torch.where(has_key[:, None], weights @ v, fallback)
-
-
-def reference_lsh(case: LSHCase, q: torch.Tensor | None = None, v: torch.Tensor | None = None,
-                  k: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
-    """The reference output in float64 (differentiable in q, k, v) and the smallest hash margin."""
+def reference_lsh(
+    case: LSHCase, q: torch.Tensor | None = None, v: torch.Tensor | None = None, k: torch.Tensor | None = None
+) -> tuple[torch.Tensor, float]:
+    """The package's slow reference output in float64 (differentiable in q, k, v) and the smallest hash margin
+    (draws whose margin is tiny may legitimately differ in a bucket)."""
     q = case.q.double() if q is None else q
     k = case.k.double() if k is None else k
     v = case.v.double() if v is None else v
-    keys = F.normalize(q, dim=-1) if case.shared_qk else k
-    real = case.real()
-    rows = []
-    margin = math.inf
-    for b in range(q.shape[0]):
-        heads = []
-        for h in range(q.shape[1]):
-            seen, head_margin = reference_views(case, b, h)
-            margin = min(margin, head_margin)
-            # An isolated real token returns its own value under shared QK, zeros otherwise; padding zeros.
-            fallback = v[b, h] * (real[b][:, None] & case.shared_qk)
-            heads.append(masked_attention(q[b, h], keys[b, h], v[b, h], torch.from_numpy(seen), fallback))
-        rows.append(torch.stack(heads))
-    return torch.stack(rows), margin
+    options = {
+        "bucket_size": case.bucket_size,
+        "n_hashes": case.n_hashes,
+        "n_buckets": case.n_buckets,
+        "shared_qk": case.shared_qk,
+        "key_padding_mask": case.mask,
+        "seed": case.seed,
+    }
+    want = lsh_attention_reference(q, k, v, is_causal=case.causal, **options)  # type: ignore[arg-type]
+    return want, reference_hash_margin(case.q, case.k, **options)  # type: ignore[arg-type]
+
+
+def test_reference_is_independent_of_the_fast_path() -> None:
+    """The reference imports nothing from the package: it shares no code with what it checks."""
+    source = inspect.getsource(lsh_reference)
+    assert "chunkformer" not in "".join(line for line in source.splitlines() if "import" in line)
 
 
 def exact_attention(case: LSHCase) -> torch.Tensor:
@@ -391,7 +301,7 @@ def test_explicit_default_n_buckets_is_the_default(case: LSHCase) -> None:
 
 
 @st.composite
-def one_block_cases(draw: st.DrawFn, n_hashes: st.SearchStrategy[int] = st.integers(1, 3)) -> LSHCase:
+def one_block_cases(draw: st.DrawFn, n_hashes: st.SearchStrategy[int] = st.integers(1, 3)) -> LSHCase:  # noqa: B008
     """bucket_size >= N with the default n_buckets (one bucket, one block): LSH attention is exact."""
     case = draw(lsh_cases(max_len=40, n_buckets=st.just(None), n_hashes=n_hashes))
     bucket_size = case.seq_len + draw(st.integers(0, 5))
@@ -468,7 +378,7 @@ def test_gradient_at_padded_tokens_reaches_no_other_token(case: LSHCase, data: s
     padded = mask[:, None, :, None].expand_as(out)
     clean = torch.autograd.grad(out, used, weights.masked_fill(padded, 0.0), retain_graph=True)
     poisoned = torch.autograd.grad(out, used, weights.masked_fill(padded, float("nan")))
-    for expected, got in zip(clean, poisoned):
+    for expected, got in zip(clean, poisoned, strict=True):
         assert torch.equal(got, expected)
 
 
@@ -487,7 +397,7 @@ def test_gradient_layout_does_not_matter(layout: str) -> None:
         grad = torch.ones((), dtype=out.dtype).expand(out.shape)
     assert not grad.is_contiguous()
     expected = torch.autograd.grad(out, (q, v), grad.contiguous(), retain_graph=True)
-    for want, got in zip(expected, torch.autograd.grad(out, (q, v), grad)):
+    for want, got in zip(expected, torch.autograd.grad(out, (q, v), grad), strict=True):
         assert torch.equal(got, want)
 
 
@@ -618,12 +528,20 @@ def query_blocks(case: LSHCase) -> int:
     blocks = max(1, math.ceil(case.seq_len / case.bucket_size))
     if not case.causal:
         return blocks
-    n_buckets = reference_n_buckets(case.seq_len, case.bucket_size) if case.n_buckets is None else case.n_buckets
+    n_buckets = (
+        reference_n_buckets(case.seq_len, case.bucket_size) if case.n_buckets is None else case.n_buckets
+    )
     key_blocks = blocks + n_buckets
     return key_blocks if case.shared_qk else key_blocks + blocks
 
 
-PIECE_KINDS = ("one piece", "a piece per block", "equal pieces", "a last partial piece", "a last piece of one block")
+PIECE_KINDS = (
+    "one piece",
+    "a piece per block",
+    "equal pieces",
+    "a last partial piece",
+    "a last piece of one block",
+)
 
 
 @st.composite
@@ -655,15 +573,29 @@ def piece_cases(draw: st.DrawFn) -> tuple[LSHCase, str, int]:
         bucket_size, n_blocks = draw(st.integers(2, 8)), draw(st.integers(2, 12))
         g = torch.Generator().manual_seed(case.seed)
         batch, heads, _, head_dim = case.q.shape
-        q, k, v = (randn((batch, heads, n_blocks * bucket_size, width), g) for width in (head_dim, head_dim, case.v.shape[-1]))
-        case = replace(case, q=q, k=k, v=v, mask=None, bucket_size=bucket_size, causal=False, n_hashes=max(case.n_hashes, 2))
+        q, k, v = (
+            randn((batch, heads, n_blocks * bucket_size, width), g)
+            for width in (head_dim, head_dim, case.v.shape[-1])
+        )
+        case = replace(
+            case,
+            q=q,
+            k=k,
+            v=v,
+            mask=None,
+            bucket_size=bucket_size,
+            causal=False,
+            n_hashes=max(case.n_hashes, 2),
+        )
     kind, blocks_per_piece = draw(pieces_of(query_blocks(case)))
     return case, kind, blocks_per_piece
 
 
 def run_with_gradients(case: LSHCase, **overrides: object) -> list[torch.Tensor]:
     """Output and the gradients of q, k, v for a fixed random output gradient."""
-    weights = randn((*case.v.shape[:3], case.v.shape[-1]), torch.Generator().manual_seed(case.seed), case.v.dtype)
+    weights = randn(
+        (*case.v.shape[:3], case.v.shape[-1]), torch.Generator().manual_seed(case.seed), case.v.dtype
+    )
     inputs = [t.clone().requires_grad_(True) for t in (case.q, case.k, case.v)]
     out = case.run(*inputs, **overrides)
     grads = torch.autograd.grad((out * weights).sum(), inputs, allow_unused=True, materialize_grads=True)
@@ -672,16 +604,44 @@ def run_with_gradients(case: LSHCase, **overrides: object) -> list[torch.Tensor]
 
 # The first round's pattern broadcast over 4 blocks cut 3 + 1: the shape of the training crash of issue 23.
 @example(
-    pieces=(LSHCase(*(randn((2, 3, 16, 4), torch.Generator().manual_seed(i)) for i in range(3)), None, 4, 2, None, False, False, 5), "a last piece of one block", 3),
+    pieces=(
+        LSHCase(
+            *(randn((2, 3, 16, 4), torch.Generator().manual_seed(i)) for i in range(3)),
+            None,
+            4,
+            2,
+            None,
+            False,
+            False,
+            5,
+        ),
+        "a last piece of one block",
+        3,
+    ),
     dropout_p=0.0,
 )
 @example(
-    pieces=(LSHCase(*(randn((1, 2, 24, 4), torch.Generator().manual_seed(i)) for i in range(3)), None, 4, 3, None, False, True, 5), "equal pieces", 2),
+    pieces=(
+        LSHCase(
+            *(randn((1, 2, 24, 4), torch.Generator().manual_seed(i)) for i in range(3)),
+            None,
+            4,
+            3,
+            None,
+            False,
+            True,
+            5,
+        ),
+        "equal pieces",
+        2,
+    ),
     dropout_p=0.0,
 )
 @settings(max_examples=max(60, settings.default.max_examples))
 @given(pieces=piece_cases(), dropout_p=st.sampled_from([0.0, 0.0, 0.3]))
-def test_any_cut_into_pieces_gives_the_same_result(pieces: tuple[LSHCase, str, int], dropout_p: float) -> None:
+def test_any_cut_into_pieces_gives_the_same_result(
+    pieces: tuple[LSHCase, str, int], dropout_p: float
+) -> None:
     """Forward and backward in pieces of ``blocks_per_piece`` query blocks equal one call over all blocks (the
     output bit for bit; gradients up to the order in which a key's two views are added) and, without dropout,
     the slow reference. The row loops (merge, fallback) run a row at a time."""
@@ -689,15 +649,17 @@ def test_any_cut_into_pieces_gives_the_same_result(pieces: tuple[LSHCase, str, i
     case = replace(case, dropout_p=dropout_p)
     whole = run_with_gradients(case, blocks_per_piece=query_blocks(case))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(lsh_kernel, "_PIECE_BYTES", 1)
+        patch.setattr(lsh_pieces, "_PIECE_BYTES", 1)
         cut = run_with_gradients(case, blocks_per_piece=blocks_per_piece)
     if dropout_p == 0.0:
         # The fused kernels compute each query block on its own: the cut cannot change an output bit.
-        assert torch.equal(cut[0], whole[0]), f"the output differs between one piece and pieces of {blocks_per_piece}"
+        assert torch.equal(cut[0], whole[0]), (
+            f"the output differs between one piece and pieces of {blocks_per_piece}"
+        )
     else:
         # Dropout runs the math kernel's batched matmuls, whose blocking a BLAS may choose by batch size.
         torch.testing.assert_close(cut[0], whole[0], rtol=1e-12, atol=1e-12)
-    for name, expected, got in zip(["grad q", "grad k", "grad v"], whole[1:], cut[1:]):
+    for name, expected, got in zip(["grad q", "grad k", "grad v"], whole[1:], cut[1:], strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12, msg=f"{name} differs")
     if dropout_p == 0.0:
         q, k, v = (t.clone().requires_grad_(True) for t in (case.q, case.k, case.v))
@@ -705,7 +667,9 @@ def test_any_cut_into_pieces_gives_the_same_result(pieces: tuple[LSHCase, str, i
         assume(margin > HASH_MARGIN)
         torch.testing.assert_close(cut[0], want.detach(), atol=1e-9, rtol=1e-9)
         weights = randn((*case.v.shape[:3], case.v.shape[-1]), torch.Generator().manual_seed(case.seed))
-        expected = torch.autograd.grad((want * weights).sum(), (q, k, v), allow_unused=True, materialize_grads=True)
+        expected = torch.autograd.grad(
+            (want * weights).sum(), (q, k, v), allow_unused=True, materialize_grads=True
+        )
         for name, got, g_want in zip("qkv", cut[1:], expected, strict=True):
             torch.testing.assert_close(got, g_want, atol=1e-8, rtol=1e-8, msg=lambda m, n=name: f"d{n}: {m}")
 
@@ -730,7 +694,9 @@ def test_piece_cases_reach_every_branch() -> None:
 # backward-enabled forward pass with the default pieces.
 @pytest.mark.parametrize("shared_qk", [False, True], ids=["separate", "shared"])
 @pytest.mark.parametrize(
-    "shape", [(4, 6, 196, 64), (2, 8, 196, 96), (5, 6, 784, 32), (6, 6, 3136, 16)], ids=lambda s: "x".join(map(str, s))
+    "shape",
+    [(4, 6, 196, 64), (2, 8, 196, 96), (5, 6, 784, 32), (6, 6, 3136, 16)],
+    ids=lambda s: "x".join(map(str, s)),
 )
 def test_model_shapes_train_with_default_pieces(shape: tuple[int, int, int, int], shared_qk: bool) -> None:
     g = torch.Generator().manual_seed(sum(shape))
@@ -739,15 +705,21 @@ def test_model_shapes_train_with_default_pieces(shape: tuple[int, int, int, int]
     default = run_with_gradients(case)
     one_call = run_with_gradients(case, blocks_per_piece=query_blocks(case))
     assert torch.equal(default[0], one_call[0]), "the output differs between the default pieces and one call"
-    for name, expected, got in zip(["grad q", "grad k", "grad v"], one_call[1:], default[1:]):
+    for name, expected, got in zip(["grad q", "grad k", "grad v"], one_call[1:], default[1:], strict=True):
         assert torch.isfinite(got).all(), f"{name} is not finite"
-        torch.testing.assert_close(got, expected, msg=f"{name} differs between the default pieces and one call")
+        torch.testing.assert_close(
+            got, expected, msg=f"{name} differs between the default pieces and one call"
+        )
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
-def test_bad_blocks_per_piece_raises(bad: object) -> None:
+@pytest.mark.parametrize(
+    "bad,error", [(0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError), ("2", TypeError)]
+)
+def test_bad_blocks_per_piece_raises(bad: object, error: type[Exception]) -> None:
     q = torch.zeros(1, 1, 8, 4)
-    with pytest.raises(ValueError, match=rf"blocks_per_piece to be None or a positive int, got {re.escape(repr(bad))}"):
+    with pytest.raises(
+        error, match=rf"blocks_per_piece to be None or a positive int, got {re.escape(repr(bad))}"
+    ):
         lsh_attention(q, q, q, bucket_size=4, blocks_per_piece=bad)  # type: ignore[arg-type]
 
 
@@ -901,6 +873,52 @@ def test_non_positive_sizes_raise(bucket_size: int, which: str) -> None:
         lsh_attention(q, q, q, **kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("name", ["bucket_size", "n_hashes", "n_buckets"])
+@pytest.mark.parametrize("bad", [2.0, True, "4", None])
+def test_sizes_of_the_wrong_type_raise_type_error(name: str, bad: object) -> None:
+    if name == "n_buckets" and bad is None:
+        return  # None is n_buckets' default
+    q = torch.randn(1, 1, 6, 4)
+    with pytest.raises(
+        TypeError, match=rf"{name} to be .*, got {re.escape(repr(bad))} \({type(bad).__name__}\)"
+    ):
+        lsh_attention(q, q, q, **{"bucket_size": 2, name: bad})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["is_causal", "shared_qk"])
+def test_flags_must_be_bools(name: str) -> None:
+    q = torch.randn(1, 1, 6, 4)
+    with pytest.raises(TypeError, match=rf"{name} to be a bool, got 1 \(int\)"):
+        lsh_attention(q, q, q, bucket_size=2, **{name: 1})  # type: ignore[arg-type]
+
+
+def test_dropout_of_the_wrong_type_raises_type_error() -> None:
+    q = torch.randn(1, 1, 6, 4)
+    with pytest.raises(TypeError, match=r"dropout_p to be a float, got '0.1' \(str\)"):
+        lsh_attention(q, q, q, bucket_size=2, dropout_p="0.1")  # type: ignore[arg-type]
+
+
+def test_mixed_dtypes_name_each_dtype() -> None:
+    q = torch.randn(1, 1, 6, 4)
+    with pytest.raises(TypeError, match=r"one dtype, got q torch.float32, k torch.float32, v torch.float64"):
+        lsh_attention(q, q, q.double(), bucket_size=2)
+
+
+@given(case=lsh_cases(max_len=60, masks=False))
+def test_old_causal_keyword_warns_and_means_is_causal(case: LSHCase) -> None:
+    k = None if case.shared_qk else case.k
+    options = {"bucket_size": case.bucket_size, "n_hashes": case.n_hashes, "shared_qk": case.shared_qk}
+    with pytest.warns(FutureWarning, match=r"causal= is renamed is_causal="):
+        old = lsh_attention(case.q, k, case.v, causal=case.causal, **options)  # type: ignore[call-arg]
+    assert torch.equal(old, lsh_attention(case.q, k, case.v, is_causal=case.causal, **options))
+
+
+def test_both_causal_keywords_raise_type_error() -> None:
+    q = torch.randn(1, 1, 6, 4)
+    with pytest.raises(TypeError, match=r"both is_causal= and its old name causal="):
+        lsh_attention(q, q, q, bucket_size=2, is_causal=False, causal=True)  # type: ignore[call-arg]
+
+
 @given(shape=shapes(), bad=st.lists(st.integers(1, 10), min_size=1, max_size=3).map(tuple))
 def test_mask_of_wrong_shape_raises(shape: tuple[int, int, int, int], bad: tuple[int, ...]) -> None:
     b, _, n, _ = shape
@@ -964,7 +982,13 @@ def test_no_quadratic_tensor_in_forward_or_backward(causal: bool, shared_qk: boo
     mask[:, -100:] = True
     with LargestTensor() as forward:
         out = lsh_attention(
-            q, None if shared_qk else k, v, bucket_size=32, n_hashes=2, causal=causal, shared_qk=shared_qk,
+            q,
+            None if shared_qk else k,
+            v,
+            bucket_size=32,
+            n_hashes=2,
+            is_causal=causal,
+            shared_qk=shared_qk,
             key_padding_mask=mask,
         )
     with LargestTensor() as backward:
@@ -1047,13 +1071,16 @@ def test_logit_bias_is_zero_or_minus_inf(dtype: torch.dtype) -> None:
     """The additive mask is built from integer bit patterns: it must equal where(keep, 0, -inf) exactly."""
     keep = torch.rand(2, 3, 4, 5, generator=torch.Generator().manual_seed(0)) > 0.5
     piece = keep[:, 1:]  # a non-contiguous piece, as the kernels receive
-    bias = lsh_kernel._logit_bias(piece, None, dtype, {})
+    bias = logit_bias(piece, None, dtype, {})
     assert bias.dtype == dtype
     assert torch.equal(bias, torch.where(piece, 0.0, float("-inf")).to(dtype))
     # A round whose mask is one pattern: its bias, broadcast over groups and blocks.
     pattern = keep[0, 0]
-    bias = lsh_kernel._logit_bias(pattern.expand(2, 1, 4, 5), pattern, dtype, {})
-    assert bias.shape == (2, 1, 4, 5) and bias.untyped_storage().nbytes() == pattern.numel() * bias.element_size()
+    bias = logit_bias(pattern.expand(2, 1, 4, 5), pattern, dtype, {})
+    assert (
+        bias.shape == (2, 1, 4, 5)
+        and bias.untyped_storage().nbytes() == pattern.numel() * bias.element_size()
+    )
     assert torch.equal(bias, torch.where(pattern, 0.0, float("-inf")).to(dtype).expand(2, 1, 4, 5))
 
 
@@ -1077,7 +1104,9 @@ def fused_backends() -> list[object]:
 
 def on_device(case: LSHCase, device: str, dtype: torch.dtype) -> LSHCase:
     mask = None if case.mask is None else case.mask.to(device)
-    return replace(case, q=case.q.to(device, dtype), k=case.k.to(device, dtype), v=case.v.to(device, dtype), mask=mask)
+    return replace(
+        case, q=case.q.to(device, dtype), k=case.k.to(device, dtype), v=case.v.to(device, dtype), mask=mask
+    )
 
 
 def run_with_backend(case: LSHCase, backend: str, weights: torch.Tensor) -> list[torch.Tensor]:
@@ -1096,13 +1125,17 @@ def run_with_backend(case: LSHCase, backend: str, weights: torch.Tensor) -> list
 def test_cuda_plumbing_choices_change_nothing_on_cpu(case: LSHCase) -> None:
     """On CUDA, key views are copied out contiguously (not read as overlapping windows) and rows with no key
     are zeroed before the merge; forced on CPU, both must give the same output and gradients bit for bit."""
-    weights = torch.randn(case.v.shape, generator=torch.Generator().manual_seed(case.seed), dtype=case.v.dtype)
+    weights = torch.randn(
+        case.v.shape, generator=torch.Generator().manual_seed(case.seed), dtype=case.v.dtype
+    )
     default = run_with_backend(case, "sdpa", weights)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(lsh_kernel, "takes_overlapping_keys", lambda kernel: False)
-        patch.setattr(lsh_kernel, "zeroes_empty_rows", lambda kernel: False)
+        cuda_like_record = replace(
+            BLOCK_KERNELS["cpu_flash"], takes_overlapping_keys=False, zeroes_empty_rows=False
+        )
+        patch.setitem(BLOCK_KERNELS, "cpu_flash", cuda_like_record)
         cuda_like = run_with_backend(case, "sdpa", weights)
-    for name, expected, got in zip(["output", "grad q", "grad k", "grad v"], default, cuda_like):
+    for name, expected, got in zip(["output", "grad q", "grad k", "grad v"], default, cuda_like, strict=True):
         assert torch.equal(got, expected), f"{name} differs"
 
 
@@ -1121,7 +1154,7 @@ def test_output_and_gradients_repeat_bit_for_bit(device: str, backend: str, case
         second = run_with_backend(case, backend, weights)
     finally:
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-    for name, a, b in zip(["output", "grad q", "grad k", "grad v"], first, second):
+    for name, a, b in zip(["output", "grad q", "grad k", "grad v"], first, second, strict=True):
         assert torch.equal(a, b), f"{name} differs between two identical calls"
 
 
@@ -1132,7 +1165,7 @@ def test_fused_kernels_match_the_math_kernel(device: str, backend: str, case: LS
     weights = torch.randn(case.v.shape, generator=torch.Generator().manual_seed(case.seed)).to(device)
     fused = run_with_backend(case, backend, weights)
     reference = run_with_backend(case, "math", weights)
-    for name, got, expected in zip(["output", "grad q", "grad k", "grad v"], fused, reference):
+    for name, got, expected in zip(["output", "grad q", "grad k", "grad v"], fused, reference, strict=True):
         assert torch.isfinite(got).all(), name
         scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
         torch.testing.assert_close(got, expected, atol=2e-5 * scale, rtol=1e-4, msg=f"{name} differs")
@@ -1163,10 +1196,18 @@ def test_fused_half_precision_is_finite_and_close_to_float32(
 
 @pytest.mark.parametrize("device,backend", fused_backends())
 @given(
-    case=lsh_cases(min_len=100, max_len=300, bucket_sizes=st.integers(2, 8), n_buckets=st.sampled_from([4, 8]), causal=True),
+    case=lsh_cases(
+        min_len=100,
+        max_len=300,
+        bucket_sizes=st.integers(2, 8),
+        n_buckets=st.sampled_from([4, 8]),
+        causal=True,
+    ),
     data=st.data(),
 )
-def test_fused_kernels_are_strictly_causal(device: str, backend: str, case: LSHCase, data: st.DataObject) -> None:
+def test_fused_kernels_are_strictly_causal(
+    device: str, backend: str, case: LSHCase, data: st.DataObject
+) -> None:
     case = on_device(case, device, torch.float32)
     seq_len = case.seq_len
     generator = torch.Generator(device=device)
@@ -1176,7 +1217,9 @@ def test_fused_kernels_are_strictly_causal(device: str, backend: str, case: LSHC
         future = (torch.arange(seq_len) > cut).to(device)
         g = torch.Generator().manual_seed(data.draw(SEEDS, label="perturbation seed"))
         q, k, v = (
-            torch.where(future[None, None, :, None], 3 * randn(tuple(t.shape), g, torch.float32).to(device), t)
+            torch.where(
+                future[None, None, :, None], 3 * randn(tuple(t.shape), g, torch.float32).to(device), t
+            )
             for t in (case.q, case.k, case.v)
         )
         perturbed = case.run(q, k, v, generator=generator.manual_seed(case.seed))
