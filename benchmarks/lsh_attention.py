@@ -53,7 +53,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import PeakRSS, cpu_name, matmul_peak_gflops, write_outputs  # noqa: E402
 
 HEADS, HEAD_DIM, BUCKET = 4, 64, 64
-# "chunkformer" runs the dispatch's automatic backend; "chunkformer-<backend>" pins one (sdpa, xformers, math).
+# "chunkformer" runs the dispatch's automatic backend; "chunkformer-<backend>" pins one (sdpa, xformers,
+# math).
 OURS = ("chunkformer", "chunkformer-sdpa", "chunkformer-xformers", "chunkformer-math")
 IMPLEMENTATIONS = (*OURS, "reformer-pytorch", "hf-reformer", "sdpa-full")
 # Pinned backends are for comparing kernels (on a GPU): by default ours runs once, on the automatic backend.
@@ -95,7 +96,7 @@ def _build(impl: str, n_hashes: int, length: int, device: str = "cpu", dtype: st
     if impl == "reformer-pytorch":
         from reformer_pytorch.reformer_pytorch import LSHAttention
 
-        layer = LSHAttention(bucket_size=BUCKET, n_hashes=n_hashes, is_causal=False)
+        layer = LSHAttention(bucket_size=BUCKET, n_hashes=n_hashes, causal=False)
 
         def run(qk, v):
             out, _, _ = layer(qk.flatten(0, 1), v.flatten(0, 1))
@@ -146,7 +147,7 @@ def _build(impl: str, n_hashes: int, length: int, device: str = "cpu", dtype: st
 class _CudaPeak:
     """Peak CUDA memory allocated inside the block, over what was allocated at entry (the inputs)."""
 
-    def __enter__(self) -> "_CudaPeak":
+    def __enter__(self) -> _CudaPeak:
         import torch
 
         torch.cuda.synchronize()
@@ -163,7 +164,13 @@ class _CudaPeak:
 
 
 def _cell(
-    impl: str, length: int, n_hashes: int, repeats: int, threads: int, device: str = "cpu", dtype: str = "fp32"
+    impl: str,
+    length: int,
+    n_hashes: int,
+    repeats: int,
+    threads: int,
+    device: str = "cpu",
+    dtype: str = "fp32",
 ) -> dict:
     """Run one cell in this process and return its measurements."""
     import torch
@@ -230,10 +237,16 @@ def rows_from_markdown(path: str) -> list[dict]:
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if len(cells) != 9 or not cells[0].isdigit() or cells[3].startswith("failed"):
             continue
-        rows.append({
-            "impl": cells[2], "length": int(cells[0]), "n_hashes": int(cells[1]), "forward_s": float(cells[3]),
-            "fwd_bwd_s": float(cells[4]), "peak_mb": float(cells[6]),
-        })
+        rows.append(
+            {
+                "impl": cells[2],
+                "length": int(cells[0]),
+                "n_hashes": int(cells[1]),
+                "forward_s": float(cells[3]),
+                "fwd_bwd_s": float(cells[4]),
+                "peak_mb": float(cells[6]),
+            }
+        )
     return rows
 
 
@@ -248,17 +261,28 @@ def plot(rows: list[dict], path: str, title: str = "") -> None:
     styles = {1: "--", 4: "-"}
     for impl in IMPLEMENTATIONS:
         for n_hashes in sorted({row["n_hashes"] for row in rows}):
-            cell = sorted((r for r in rows if r["impl"] == impl and r["n_hashes"] == n_hashes and "failed" not in r),
-                          key=lambda r: r["length"])
+            cell = sorted(
+                (r for r in rows if r["impl"] == impl and r["n_hashes"] == n_hashes and "failed" not in r),
+                key=lambda r: r["length"],
+            )
             if not cell:
                 continue
             label = impl if impl == "sdpa-full" else f"{impl}, {n_hashes} round{'s' if n_hashes > 1 else ''}"
             lengths = [r["length"] for r in cell]
-            style = dict(marker="o", linestyle=styles.get(n_hashes, ":"), label=label,
-                         color={"chunkformer": "tab:blue", "chunkformer-sdpa": "tab:blue",
-                                "chunkformer-xformers": "tab:purple", "chunkformer-math": "tab:cyan",
-                                "reformer-pytorch": "tab:orange", "hf-reformer": "tab:green",
-                                "sdpa-full": "tab:gray"}[impl])
+            style = dict(
+                marker="o",
+                linestyle=styles.get(n_hashes, ":"),
+                label=label,
+                color={
+                    "chunkformer": "tab:blue",
+                    "chunkformer-sdpa": "tab:blue",
+                    "chunkformer-xformers": "tab:purple",
+                    "chunkformer-math": "tab:cyan",
+                    "reformer-pytorch": "tab:orange",
+                    "hf-reformer": "tab:green",
+                    "sdpa-full": "tab:gray",
+                }[impl],
+            )
             time_axes.plot(lengths, [r["fwd_bwd_s"] for r in cell], **style)
             memory_axes.plot(lengths, [r["peak_mb"] for r in cell], **style)
     for axes, ylabel in ((time_axes, "forward + backward (s)"), (memory_axes, "peak memory (MB)")):
@@ -278,14 +302,29 @@ def plot(rows: list[dict], path: str, title: str = "") -> None:
 def _run_cell(impl: str, length: int, n_hashes: int, args: argparse.Namespace) -> dict:
     """One cell in a fresh subprocess; a failure or timeout becomes a row saying so."""
     command = [
-        sys.executable, __file__, "--cell", f"{impl}:{length}:{n_hashes}",
-        "--repeats", str(args.repeats), "--threads", str(args.threads), "--device", args.device, "--dtype", args.dtype,
+        sys.executable,
+        __file__,
+        "--cell",
+        f"{impl}:{length}:{n_hashes}",
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
     ]
     if args.in_process:
         try:
             return _cell(impl, length, n_hashes, args.repeats, args.threads, args.device, args.dtype)
         except Exception as error:  # a peer that cannot run this cell (out of memory, unsupported dtype)
-            return {"impl": impl, "length": length, "n_hashes": n_hashes, "failed": f"{type(error).__name__}: {error}"[:120]}
+            return {
+                "impl": impl,
+                "length": length,
+                "n_hashes": n_hashes,
+                "failed": f"{type(error).__name__}: {error}"[:120],
+            }
         finally:
             if args.device == "cuda":
                 import torch
@@ -320,7 +359,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--impls", nargs="+", default=list(DEFAULT_IMPLEMENTATIONS), choices=IMPLEMENTATIONS)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
-        "--rounds", type=int, default=1,
+        "--rounds",
+        type=int,
+        default=1,
         help="run every (L, n_hashes) group's cells this many times, rotating their order, and report the "
         "median over rounds (so a slow drift of the machine's speed hits every implementation alike)",
     )
@@ -329,11 +370,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--markdown-out", default=None)
     parser.add_argument("--json-out", default=None)
     parser.add_argument("--plot-out", default=None, help="also draw time and memory against L (PNG)")
-    parser.add_argument("--plot-from", default=None, help="only re-plot the rows of a table this script wrote")
+    parser.add_argument(
+        "--plot-from", default=None, help="only re-plot the rows of a table this script wrote"
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
     parser.add_argument(
-        "--in-process", action="store_true",
+        "--in-process",
+        action="store_true",
         help="run the cells in this process (on CUDA, peak memory comes from the allocator's own statistics, "
         "so a fresh process per cell is not needed; saves the CUDA start-up per cell)",
     )
@@ -343,13 +387,20 @@ def main(argv: list[str] | None = None) -> None:
     if args.plot_from:
         if not args.plot_out:
             parser.error("--plot-from needs --plot-out")
-        title = f"LSH attention, batch 1, {HEADS} heads, d {HEAD_DIM}, bucket {BUCKET}, fp32 (rows of {args.plot_from})"
+        title = (
+            f"LSH attention, batch 1, {HEADS} heads, d {HEAD_DIM}, bucket {BUCKET}, fp32 "
+            f"(rows of {args.plot_from})"
+        )
         plot(rows_from_markdown(args.plot_from), args.plot_out, title=title)
         return
 
     if args.cell:
         impl, length, n_hashes = args.cell.split(":")
-        print(json.dumps(_cell(impl, int(length), int(n_hashes), args.repeats, args.threads, args.device, args.dtype)))
+        print(
+            json.dumps(
+                _cell(impl, int(length), int(n_hashes), args.repeats, args.threads, args.device, args.dtype)
+            )
+        )
         return
 
     import torch
@@ -359,7 +410,8 @@ def main(argv: list[str] | None = None) -> None:
     for length in args.lengths:
         for n_hashes in args.hashes:
             impls = [
-                impl for impl in args.impls
+                impl
+                for impl in args.impls
                 if not (impl == "sdpa-full" and (length > 16384 or n_hashes != args.hashes[0]))
             ]
             runs: dict[str, list[dict]] = {impl: [] for impl in impls}
@@ -377,13 +429,16 @@ def main(argv: list[str] | None = None) -> None:
     machine = f"{cpu_name()}, {args.threads} threads"
     if args.device == "cuda":
         machine = f"{torch.cuda.get_device_name()} (host {cpu_name()})"
+    command = " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
         f"Machine: {machine}; torch {torch.__version__}; {args.dtype}; "
-        f"{args.dtype} GEMM peak measured {peak_before:.1f} GFLOP/s before the cells and {peak_after:.1f} after "
+        f"{args.dtype} GEMM peak measured {peak_before:.1f} GFLOP/s before the cells and "
+        f"{peak_after:.1f} after "
         f"(shares use {peak:.1f})",
-        f"Command: `python benchmarks/lsh_attention.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        f"Command: `python benchmarks/lsh_attention.py {command}`",
         "",
-        "| L | n_hashes | implementation | forward (s) | fwd+bwd (s) | fwd+bwd vs ours | peak MB | matmul share (fwd+bwd) | rel. error |",
+        "| L | n_hashes | implementation | forward (s) | fwd+bwd (s) | fwd+bwd vs ours | peak MB "
+        "| matmul share (fwd+bwd) | rel. error |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for length in args.lengths:
@@ -393,7 +448,9 @@ def main(argv: list[str] | None = None) -> None:
             ours = next((r for r in cell_rows if r["impl"] in OURS and "failed" not in r), None)
             for row in cell_rows:
                 if "failed" in row:
-                    reason = " ".join(row["failed"].split()).replace("|", "/")  # one table cell: no newlines or pipes
+                    reason = " ".join(row["failed"].split()).replace(
+                        "|", "/"
+                    )  # one table cell: no newlines or pipes
                     lines.append(f"| {length} | {n_hashes} | {row['impl']} | failed: {reason} | | | | | |")
                     continue
                 forward_flops, backward_flops = _flops(length, n_hashes)
@@ -402,7 +459,8 @@ def main(argv: list[str] | None = None) -> None:
                 share_text = f"{share:.0%}" if row["impl"] != "sdpa-full" else "-"
                 error = f"{row['error']:.3f}" if row.get("error") is not None else "-"
                 lines.append(
-                    f"| {length} | {n_hashes} | {row['impl']} | {row['forward_s']:.3f} | {row['fwd_bwd_s']:.3f} | "
+                    f"| {length} | {n_hashes} | {row['impl']} | {row['forward_s']:.3f} | "
+                    f"{row['fwd_bwd_s']:.3f} | "
                     f"{ratio} | {row['peak_mb']:.0f} | {share_text} | {error} |"
                 )
     write_outputs("\n".join(lines), args.markdown_out, args.json_out, {"peak_gflops": peak, "rows": rows})

@@ -1,4 +1,4 @@
-"""LSH attention error against exact attention over many seeds: chunkformer vs reformer-pytorch vs HF Reformer.
+"""LSH attention error against exact attention over many seeds: chunkformer, reformer-pytorch, HF Reformer.
 
 The same setting as ``benchmarks/lsh_attention.py`` (batch 1, 4 heads, head dim 64, bucket 64, shared QK,
 clustered inputs: tokens near 16 centres, values = the inputs, as HF's layer needs), but instead of one draw
@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
             print(rows[-1], file=sys.stderr, flush=True)
 
     lines = [
-        f"Machine: {cpu_name()}, {args.threads} threads; torch {torch.__version__}; {args.seeds} seeds per cell",
+        f"Machine: {cpu_name()}, {args.threads} threads; torch {torch.__version__}; "
+        f"{args.seeds} seeds per cell",
         f"Command: `python benchmarks/lsh_error.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
         "",
         "| L | n_hashes | chunkformer | reformer-pytorch | hf-reformer | ours - reformer-pytorch (paired) | "
@@ -87,10 +88,11 @@ def main(argv: list[str] | None = None) -> None:
     for row in rows:
         by_impl = {name: [errors[name] for errors in row["per_seed"]] for name in ("chunkformer", *PEERS)}
         ours = by_impl["chunkformer"]
-        paired = {peer: [a - b for a, b in zip(ours, by_impl[peer])] for peer in PEERS}
+        paired = {peer: [a - b for a, b in zip(ours, by_impl[peer], strict=True)] for peer in PEERS}
         wins = " / ".join(f"{sum(d <= 0 for d in paired[peer])}/{len(ours)}" for peer in PEERS)
         lines.append(
-            f"| {row['length']} | {row['n_hashes']} | {mean_std(ours)} | {mean_std(by_impl['reformer-pytorch'])} | "
+            f"| {row['length']} | {row['n_hashes']} | {mean_std(ours)} | "
+            f"{mean_std(by_impl['reformer-pytorch'])} | "
             f"{mean_std(by_impl['hf-reformer'])} | {mean_std(paired['reformer-pytorch'])} | "
             f"{mean_std(paired['hf-reformer'])} | {wins} |"
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Collection, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from einops import rearrange
@@ -139,11 +139,16 @@ class LSHAttention(nn.Module):
         attn_drop: dropout on the attention weights (training only; masks from the module's generator).
         proj_drop: dropout after the output projection.
         seed: seed of the rotations.
+        layout: how a 4-D input reads, which its shape cannot tell: ``"bhwc"``, (B, H, W, C) images, one
+            sequence of H x W tokens per image; ``"btnc"``, (B, T, N, C) frame tokens as ``ShiftedAttention``
+            takes them, one sequence of N tokens per frame. None (the default) refuses 4-D inputs with an
+            error naming both. 3-D and 5-D inputs need no layout.
 
     Shape:
         - x: (B, N, C) -> (B, N, C); key_padding_mask: (B, N), True = padding
-        - x: (B, H, W, C) -> (B, H, W, C); key_padding_mask: (B, H, W)
-        - x: (B, T, H, W, C) -> (B, T, H, W, C); key_padding_mask: (B, T, H, W)
+        - x: (B, H, W, C) -> (B, H, W, C) with ``layout="bhwc"``; key_padding_mask: (B, H, W)
+        - x: (B, T, N, C) -> (B, T, N, C) with ``layout="btnc"``; key_padding_mask: (B, T, N)
+        - x: (B, T, H, W, C) -> (B, T, H, W, C), one sequence per frame; key_padding_mask: (B, T, H, W)
     """
 
     @renamed_kwargs("LSHAttention", causal="is_causal")
@@ -159,9 +164,13 @@ class LSHAttention(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         seed: int | None = None,
+        layout: Literal["bhwc", "btnc"] | None = None,
     ) -> None:
         super().__init__()
         self.head_dim = check_heads(dim, num_heads, "LSHAttention")
+        if layout not in (None, "bhwc", "btnc"):
+            raise ValueError(f"LSHAttention: layout must be 'bhwc', 'btnc' or None, got {layout!r}")
+        self.layout = layout
         self.dim = dim
         self.num_heads = num_heads
         self.bucket_size = check_positive_int(bucket_size, "bucket_size", "LSHAttention")
@@ -241,15 +250,25 @@ class LSHAttention(nn.Module):
         self._pending_states.update(pending)
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        check_input(x, "LSHAttention", {3: "(B, N, C)", 4: "(B, H, W, C)", 5: "(B, T, H, W, C)"}, self.dim)
+        check_input(
+            x,
+            "LSHAttention",
+            {3: "(B, N, C)", 4: "(B, H, W, C) or (B, T, N, C)", 5: "(B, T, H, W, C)"},
+            self.dim,
+        )
+        if x.dim() == 4 and self.layout is None:
+            raise ValueError(
+                f"LSHAttention got a 4-D input {tuple(x.shape)}, which reads either as (B, H, W, C) "
+                "images (one sequence per image) or as (B, T, N, C) frame tokens (one sequence per "
+                "frame): build the layer with layout='bhwc' or layout='btnc'"
+            )
         if key_padding_mask is not None and tuple(key_padding_mask.shape) != tuple(x.shape[:-1]):
             raise ValueError(
                 f"LSHAttention expects key_padding_mask of shape {tuple(x.shape[:-1])} (the input without "
                 f"its channel axis), got {tuple(key_padding_mask.shape)}"
             )
         shape = x.shape
-        # One sequence per image: for image inputs every axis before (H, W, C) is batch.
-        tokens = x if x.dim() == 3 else x.reshape(-1, shape[-3] * shape[-2], self.dim)
+        tokens = x.reshape(-1, self.sequence_length(x), self.dim)
         mask = None if key_padding_mask is None else key_padding_mask.reshape(tokens.shape[:2])
         parts = 2 if self.shared_qk else 3
         projected = rearrange(
@@ -328,9 +347,16 @@ class LSHAttention(nn.Module):
             missing_keys.append(prefix + SEED_KEY)
         self.set_generator_states(states)
 
+    def sequence_length(self, x: torch.Tensor) -> int:
+        """Tokens per attended sequence for input ``x``: N for (B, N, C) and (B, T, N, C), H x W for images
+        and (B, T, H, W, C) frames; every axis before them is batch."""
+        if x.dim() == 3 or (x.dim() == 4 and self.layout == "btnc"):
+            return x.shape[-2]
+        return x.shape[-3] * x.shape[-2]
+
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, num_heads={self.num_heads}, bucket_size={self.bucket_size}, "
             f"n_hashes={self.n_hashes}, is_causal={self.is_causal}, shared_qk={self.shared_qk}, "
-            f"seed={self.seed}"
+            f"seed={self.seed}" + (f", layout={self.layout!r}" if self.layout else "")
         )

@@ -122,7 +122,7 @@ def count(
     def on_lsh(module: LSHAttention, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         nonlocal analytic
         x = args[0]
-        seq_len = x.shape[-2] if x.dim() == 3 else x.shape[-3] * x.shape[-2]
+        seq_len = module.sequence_length(x)
         analytic += _lsh_attention_macs(
             module, x.numel() // (seq_len * module.dim) * module.num_heads, seq_len
         )

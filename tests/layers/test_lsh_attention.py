@@ -43,7 +43,7 @@ from tests.layers._strategies import (
 # One intra-op thread for tiny tensors; incidental draws from the global RNG stay inside each test.
 pytestmark = pytest.mark.usefixtures(one_thread.__name__, keep_global_rng.__name__)
 
-LAYOUTS = r"\(B, N, C\) or \(B, H, W, C\) or \(B, T, H, W, C\)"
+LAYOUTS = r"\(B, N, C\) or \(B, H, W, C\) or \(B, T, N, C\) or \(B, T, H, W, C\)"
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,7 @@ class Case:
             "shared_qk": self.shared_qk,
             "qkv_bias": self.qkv_bias,
             "seed": self.seed + 5 if rotation_seed is None else rotation_seed,
+            "layout": "bhwc" if len(self.shape) == 4 else None,
         }
         kwargs.update(overrides)
         module = build(lambda: LSHAttention(self.heads.dim, self.heads.num_heads, **kwargs), self.seed)
@@ -134,7 +135,7 @@ def by_hand(module: LSHAttention, x: torch.Tensor, mask: torch.Tensor | None, se
         v,
         bucket_size=module.bucket_size,
         n_hashes=module.n_hashes,
-        is_causal=module.causal,
+        is_causal=module.is_causal,
         shared_qk=module.shared_qk,
         key_padding_mask=None if mask is None else mask.reshape(batch, seq_len),
         generator=torch.Generator().manual_seed(seed),
@@ -180,7 +181,8 @@ def test_frames_are_independent(case: Case) -> None:
         changed = x.clone()
         changed[:, t] = randn(changed[:, t].shape, case.seed + 9) * 2
         delta = (module(changed) - out).abs().amax(dim=(0, 2, 3, 4))
-        # Each frame alone is the same sequence.
+        # Each frame alone, as a (B, H, W, C) image, is the same sequence.
+        module.layout = "bhwc"
         for frame in range(case.shape[1]):
             torch.testing.assert_close(module(x[:, frame]), out[:, frame], atol=1e-5, rtol=1e-5)
     others = torch.arange(case.shape[1]) != t
@@ -594,6 +596,34 @@ def test_wrong_rank_raises(shape: tuple[int, ...]) -> None:
         LSHAttention(8, 2, bucket_size=2, seed=0)(torch.zeros(shape))
 
 
+def test_a_4d_input_needs_its_layout_named() -> None:
+    x = randn((2, 3, 10, 8), 0)
+    with pytest.raises(ValueError, match=r"4-D input \(2, 3, 10, 8\).*layout='bhwc' or layout='btnc'"):
+        LSHAttention(8, 2, bucket_size=4, seed=0)(x)
+    with pytest.raises(ValueError, match="layout must be 'bhwc', 'btnc' or None, got 'thwc'"):
+        LSHAttention(8, 2, layout="thwc")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_the_two_4d_layouts_are_one_sequence_per_image_or_per_frame(is_causal: bool) -> None:
+    x = randn((2, 3, 10, 8), 0)  # B=2 clips of T=3 frames of N=10 tokens, or B=2 images of 3 x 10
+    mask = torch.rand(2, 3, 10, generator=torch.Generator().manual_seed(1)) < 0.2
+
+    def layer(layout: str | None) -> LSHAttention:
+        return build(
+            lambda: LSHAttention(8, 2, bucket_size=4, is_causal=is_causal, seed=7, layout=layout), 0
+        ).eval()
+
+    frames = layer("btnc")(x, key_padding_mask=mask)
+    per_frame = layer(None)(x.reshape(6, 10, 8), key_padding_mask=mask.reshape(6, 10)).reshape(x.shape)
+    torch.testing.assert_close(frames, per_frame, rtol=0, atol=0)
+    images = layer("bhwc")(x, key_padding_mask=mask)
+    per_image = layer(None)(x.reshape(2, 30, 8), key_padding_mask=mask.reshape(2, 30)).reshape(x.shape)
+    torch.testing.assert_close(images, per_image, rtol=0, atol=0)
+    assert not torch.allclose(frames, images)  # the readings differ: the choice matters
+    assert "layout='btnc'" in repr(layer("btnc"))
+
+
 @given(data=st.data(), rank=st.sampled_from([3, 4, 5]))
 def test_wrong_channels_raises(data: st.DataObject, rank: int) -> None:
     shape = data.draw(wrong_channel_shapes(rank=rank, channels=8))
@@ -644,7 +674,9 @@ def test_gradcheck_float64(causal: bool, shared_qk: bool, seed: int) -> None:
 @pytest.mark.parametrize("shape", [(2, 9, 8), (2, 5, 3, 8), (2, 2, 4, 3, 8)])
 def test_runs_on_meta_device(shape: tuple[int, ...]) -> None:
     with torch.device("meta"):
-        module = LSHAttention(8, 2, bucket_size=4, n_hashes=2, seed=0)
+        module = LSHAttention(
+            8, 2, bucket_size=4, n_hashes=2, seed=0, layout="bhwc" if len(shape) == 4 else None
+        )
         out = module(torch.empty(shape))
         padded = module(torch.empty(shape), key_padding_mask=torch.zeros(shape[:-1], dtype=torch.bool))
     assert out.device.type == "meta" and padded.device.type == "meta"
