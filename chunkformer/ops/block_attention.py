@@ -1,7 +1,7 @@
 """Attention of query blocks on key views, returning the log-sum-exp, and its backward from a given output
 and log-sum-exp, on each backend's kernel.
 
-LSH attention (:mod:`chunkformer.ops.lsh_kernel`) needs two things no public attention API gives: the
+LSH attention (``chunkformer.ops.lsh_kernel``) needs two things no public attention API gives: the
 log-sum-exp of every query's logits (to merge hash rounds), and a backward pass that takes the MERGED output
 and log-sum-exp instead of the ones its own forward produced (each round's share of the exact gradient). The
 kernels behind PyTorch's SDPA and xformers have both, one layer below their public functions:
@@ -15,13 +15,13 @@ kernels behind PyTorch's SDPA and xformers have both, one layer below their publ
 * ``"math"``: matmul and softmax in float32 (or float64): any device, the only kernel with dropout (its masks
   come from the caller's generator, which the fused kernels cannot use).
 * ``"triton"``: not a block kernel but LSH attention's fused Triton kernel
-  (:mod:`chunkformer.ops.lsh_triton`), which reads unsorted rows in place through the layout and builds the
-  masks itself; its record is here so that selection and refusals read one table. :func:`block_forward`
-  and :func:`block_backward` refuse it.
+  (``chunkformer.ops.lsh_triton``), which reads unsorted rows in place through the layout and builds the
+  masks itself; its record is here so that selection and refusals read one table. ``block_forward``
+  and ``block_backward`` refuse it.
 
-Each kernel is a :class:`BlockKernel` record in :data:`BLOCK_KERNELS` saying what it supports;
-:func:`select_block_kernel` reads the table for the attention dispatch's backend
-(:func:`chunkformer.ops.current_backend`), so ``use_backend`` and ``CHUNKFORMER_ATTN_BACKEND`` steer LSH
+Each kernel is a ``BlockKernel`` record in ``BLOCK_KERNELS`` saying what it supports;
+``select_block_kernel`` reads the table for the attention dispatch's backend
+(``chunkformer.ops.current_backend``), so ``use_backend`` and ``CHUNKFORMER_ATTN_BACKEND`` steer LSH
 attention too.
 
 Shapes (all kernels): q (G, P, S, d), k (G, P, K, d), v (G, P, K, dv), bias broadcastable to (G, P, S, K) in
@@ -67,7 +67,7 @@ class BlockKernel:
     """What one block kernel supports, and why it refuses an input.
 
     Attributes:
-        name: the kernel's name, as :func:`block_forward` and :func:`block_backward` take it.
+        name: the kernel's name, as ``block_forward`` and ``block_backward`` take it.
         backends: the attention dispatch backends that choose it.
         devices: device types it runs on; None for any.
         dtypes: input dtypes it runs on.
@@ -146,7 +146,7 @@ def kernel_record(kernel: str | BlockKernel) -> BlockKernel:
     """The record of a kernel given by name (or the record itself).
 
     Raises:
-        ValueError: for a name not in :data:`BLOCK_KERNELS`.
+        ValueError: for a name not in ``BLOCK_KERNELS``.
     """
     if isinstance(kernel, BlockKernel):
         return kernel
@@ -158,7 +158,7 @@ def kernel_record(kernel: str | BlockKernel) -> BlockKernel:
 def select_block_kernel(
     backend: str, device: torch.device | str, dropout_p: float = 0.0, dtype: torch.dtype = torch.float32
 ) -> BlockKernel:
-    """The first kernel of :data:`BLOCK_KERNELS` that serves the dispatch ``backend`` (``"sdpa"``,
+    """The first kernel of ``BLOCK_KERNELS`` that serves the dispatch ``backend`` (``"sdpa"``,
     ``"xformers"``, ``"math"`` or ``"triton"``) and supports the input.
 
     Raises:
@@ -181,19 +181,19 @@ def select_block_kernel(
 def block_kernel(
     backend: str, device: torch.device | str, dropout_p: float = 0.0, dtype: torch.dtype = torch.float32
 ) -> str:
-    """The name of :func:`select_block_kernel`'s choice. Dropout always takes ``"math"``, the only kernel
+    """The name of ``select_block_kernel``'s choice. Dropout always takes ``"math"``, the only kernel
     that applies the caller's masks; ``"xformers"`` off CUDA, and ``"triton"`` where Triton cannot run, fall
     back to it too."""
     return select_block_kernel(backend, device, dropout_p, dtype).name
 
 
 def takes_overlapping_keys(kernel: str | BlockKernel) -> bool:
-    """Whether the kernel reads overlapping key views correctly (see :class:`BlockKernel`)."""
+    """Whether the kernel reads overlapping key views correctly (see ``BlockKernel``)."""
     return kernel_record(kernel).takes_overlapping_keys
 
 
 def zeroes_empty_rows(kernel: str | BlockKernel) -> bool:
-    """Whether the kernel gives a query with every key masked a zero row (see :class:`BlockKernel`)."""
+    """Whether the kernel gives a query with every key masked a zero row (see ``BlockKernel``)."""
     return kernel_record(kernel).zeroes_empty_rows
 
 
@@ -265,7 +265,7 @@ def block_backward(
     dropout_p: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of q, k and v for the given (merged) output and log-sum-exp, which need not be what
-    :func:`block_forward` returned: the weights are exp(logit - lse), the softmax Jacobian uses out.
+    ``block_forward`` returned: the weights are exp(logit - lse), the softmax Jacobian uses out.
 
     Raises:
         ValueError: for an unknown kernel, or a kernel that cannot run the input (the reasons named).

@@ -11,7 +11,7 @@ Backends:
   installed, the inputs are on CUDA and xformers has a kernel for them. Imported lazily.
 * ``"math"``: a plain, readable softmax(QK^T)V in float32 (or float64) that the tests compare everything
   against.
-* ``"triton"``: LSH attention's fused Triton kernel (:mod:`chunkformer.ops.lsh_triton`), on CUDA or, with
+* ``"triton"``: LSH attention's fused Triton kernel (``chunkformer.ops.lsh_triton``), on CUDA or, with
   ``TRITON_INTERPRET=1``, on CPU through Triton's interpreter; never chosen automatically (yet). Dense
   attention has no Triton kernel of its own and runs SDPA under it.
 """

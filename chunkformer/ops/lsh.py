@@ -1,10 +1,10 @@
 """Angular locality-sensitive hashing and the bucket-sorted layouts LSH attention runs on.
 
 Everything here is integer bookkeeping without gradients: which token sits in which slot of which block,
-and which key block each query block looks at. :mod:`chunkformer.ops.lsh_rounds` does the arithmetic.
+and which key block each query block looks at. ``chunkformer.ops.lsh_rounds`` does the arithmetic.
 
-Two layouts, :class:`SortedLayout` and :class:`BucketAlignedLayout` (built by :func:`sorted_layout` and
-:func:`bucket_aligned_layout`; each builds its pair masks in a method), both vectorised over batch x heads x
+Two layouts, ``SortedLayout`` and ``BucketAlignedLayout`` (built by ``sorted_layout`` and
+``bucket_aligned_layout``; each builds its pair masks in a method), both vectorised over batch x heads x
 hash rounds with static shapes (no data-dependent sizes, so they run on the meta device and under
 ``torch.compile``):
 
@@ -173,7 +173,7 @@ class LSHLayout:
 
         A pair that several rounds put in view is kept in the first of them only, so the rounds together
         attend to each key of the union once. Built for one piece of one round at a time (its work stays in
-        cache), comparing with the r earlier rounds. A round with a :meth:`keep_pattern` gets that pattern
+        cache), comparing with the r earlier rounds. A round with a ``keep_pattern`` gets that pattern
         expanded (a read-only view). ``scratch`` lends work buffers that successive calls reuse; the result
         may live in them, so it is valid until the next call with the same ``scratch``.
         """
@@ -182,7 +182,7 @@ class LSHLayout:
         return self._piece_keep(round_index, blocks, {} if scratch is None else scratch)
 
     def _piece_keep(self, round_index: int, blocks: slice, scratch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The mask of one piece, as :meth:`keep` returns it; each layout knows how its pairs are in view."""
+        """The mask of one piece, as ``keep`` returns it; each layout knows how its pairs are in view."""
         raise NotImplementedError(f"{type(self).__name__} does not say which pairs it attends")
 
     def keep_pattern(self, round_index: int) -> torch.Tensor | None:
@@ -196,7 +196,7 @@ class LSHLayout:
 
 @dataclass(kw_only=True)
 class SortedLayout(LSHLayout):
-    """Reformer's layout (see :func:`sorted_layout`): a pair is in view in a round when the key's block is the
+    """Reformer's layout (see ``sorted_layout``): a pair is in view in a round when the key's block is the
     query's block or the one before it, so earlier rounds' pairs are found by comparing block numbers.
 
     Attributes:
@@ -263,7 +263,7 @@ class SortedLayout(LSHLayout):
 
 @dataclass(kw_only=True)
 class BucketAlignedLayout(LSHLayout):
-    """The strictly causal layout (see :func:`bucket_aligned_layout`): a pair is in view in a round when the
+    """The strictly causal layout (see ``bucket_aligned_layout``): a pair is in view in a round when the
     key is in the query's bucket with a rank in (newest - bucket_size, newest], which one integer code per
     token turns into two comparisons.
 

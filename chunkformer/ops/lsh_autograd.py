@@ -1,6 +1,6 @@
 """LSH attention's autograd function: per-round block attention, merge, and the backward pass.
 
-Rounds run one after another and are merged online (:class:`chunkformer.ops.lsh_merge.RoundMerge`); each
+Rounds run one after another and are merged online (``chunkformer.ops.lsh_merge.RoundMerge``); each
 round's pair masks are built a piece at a time in the forward pass and kept for the backward pass, which
 loops over rounds and pieces the same way. Nothing of size N x N exists at any point; the largest buffers
 hold N x n_hashes x 2 x bucket_size values.
@@ -24,8 +24,8 @@ __all__ = ["LSHAttentionFunction"]
 class LSHAttentionFunction(torch.autograd.Function):
     """Attention of q on k, v over the pairs ``layout`` puts in view, rounds merged by log-sum-exp.
 
-    Arguments of :meth:`forward`: q, k (None under shared QK: the keys are the unit-normalised queries), v,
-    layout, valid (real-token flags or None), scale, shared_qk, dropout (:class:`DropoutReplay`), kernel,
+    Arguments of ``forward``: q, k (None under shared QK: the keys are the unit-normalised queries), v,
+    layout, valid (real-token flags or None), scale, shared_qk, dropout (``DropoutReplay``), kernel,
     blocks_per_piece (None: sized to the device).
 
     Shape:

@@ -1,4 +1,4 @@
-"""Input validation for :func:`chunkformer.ops.lsh_attention`: a wrong type raises TypeError, a wrong value
+"""Input validation for ``chunkformer.ops.lsh_attention``: a wrong type raises TypeError, a wrong value
 or shape ValueError, each message naming what was expected and what was given."""
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def check_lsh_inputs(
     dropout_p: float,
     blocks_per_piece: int | None,
 ) -> None:
-    """Raise TypeError or ValueError for an input :func:`chunkformer.ops.lsh_attention` cannot take."""
+    """Raise TypeError or ValueError for an input ``chunkformer.ops.lsh_attention`` cannot take."""
     _check_tensors(q, k, v)
     batch, heads, seq_len, head_dim = q.shape
     if seq_len < 1:

@@ -37,7 +37,7 @@ def gather_rows(
     name: str = "",
 ) -> torch.Tensor:
     """Rows of x (G, N, d) at slot-major ``rows`` -> blocks (G, P, S, d), slot-major in memory, written into
-    ``buffers[name]`` when buffers are given (see :func:`select_rows`)."""
+    ``buffers[name]`` when buffers are given (see ``select_rows``)."""
     groups, _, width = x.shape
     return select_rows(x, rows, buffers, name).reshape(groups, slots, -1, width).transpose(1, 2)
 
@@ -63,7 +63,7 @@ def gather_windows(
 
 
 def add_rows(grad: torch.Tensor, rows: torch.Tensor, blocks: torch.Tensor) -> None:
-    """Adjoint of :func:`gather_rows`: add blocks (G, P, S, d) into the (G * N, d) rows of ``grad``."""
+    """Adjoint of ``gather_rows``: add blocks (G, P, S, d) into the (G * N, d) rows of ``grad``."""
     grad.index_add_(0, rows, blocks.transpose(1, 2).reshape(-1, blocks.shape[-1]).to(grad.dtype))
 
 

@@ -1,9 +1,9 @@
-"""Reformer-style LSH attention: the public entry, :func:`lsh_attention`.
+"""Reformer-style LSH attention: the public entry, ``lsh_attention``.
 
-It runs named steps, each in its own module: hashing and the layouts (:mod:`chunkformer.ops.lsh`), per-round
-block attention (:mod:`chunkformer.ops.lsh_rounds`) merged by log-sum-exp (:mod:`chunkformer.ops.lsh_merge`),
-both inside one autograd function (:mod:`chunkformer.ops.lsh_autograd`). The slow, independent reference the
-fast path is tested against is :func:`chunkformer.ops.lsh_attention_reference`.
+It runs named steps, each in its own module: hashing and the layouts (``chunkformer.ops.lsh``), per-round
+block attention (``chunkformer.ops.lsh_rounds``) merged by log-sum-exp (``chunkformer.ops.lsh_merge``),
+both inside one autograd function (``chunkformer.ops.lsh_autograd``). The slow, independent reference the
+fast path is tested against is ``chunkformer.ops.lsh_attention_reference``.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def lsh_attention(
       ``shared_qk``) and cut into blocks; query block g sees key blocks g and g - 1 of the same round,
       cyclically; with one block, just that block. Buckets are not masked inside the view, as in Reformer.
     * ``is_causal=True``: the keys of the query's own bucket at positions <= its own, the newest
-      ``bucket_size`` of them (bucket-aligned blocks, see :func:`chunkformer.ops.lsh.bucket_aligned_layout`).
+      ``bucket_size`` of them (bucket-aligned blocks, see ``chunkformer.ops.lsh.bucket_aligned_layout``).
       The output at position i depends only on inputs at positions <= i, bit for bit, for every seed. A
       query whose bucket holds no earlier key sees nothing and returns zeros (with ``shared_qk``, itself).
 
@@ -102,7 +102,7 @@ def lsh_attention(
     in angle usually share a bucket but, since the two sorts are cut into blocks independently, a query's
     block may not line up with all keys of its bucket; that is the approximation.
 
-    ``n_buckets`` defaults to :func:`chunkformer.ops.lsh.default_n_buckets`: about N / bucket_size,
+    ``n_buckets`` defaults to ``chunkformer.ops.lsh.default_n_buckets``: about N / bucket_size,
     rounded up to an even number, and 1 when N <= bucket_size. Hence with ``n_hashes=1`` and
     ``bucket_size >= N`` the result is exact softmax attention (causal when ``is_causal``).
 
@@ -110,12 +110,12 @@ def lsh_attention(
     all real ones, never receive weight, and their outputs are zeros; internal padding up to a whole block
     is handled the same way.
 
-    Kernels: the blocks run on the attention dispatch's backend (:func:`chunkformer.ops.use_backend`, the
+    Kernels: the blocks run on the attention dispatch's backend (``chunkformer.ops.use_backend``, the
     ``CHUNKFORMER_ATTN_BACKEND`` variable, else automatic): PyTorch's flash kernels on CPU and its
     memory-efficient kernels on CUDA for ``"sdpa"``, xformers' on CUDA for ``"xformers"``, batched matmul for
     ``"math"`` and whenever ``dropout_p > 0`` or no fused kernel takes the input (see the kernel records in
-    :mod:`chunkformer.ops.block_attention`). ``"triton"`` (selected explicitly; on CUDA, or on CPU under
-    ``TRITON_INTERPRET=1``) runs the fused Triton kernels of :mod:`chunkformer.ops.lsh_triton`, which read
+    ``chunkformer.ops.block_attention``). ``"triton"`` (selected explicitly; on CUDA, or on CPU under
+    ``TRITON_INTERPRET=1``) runs the fused Triton kernels of ``chunkformer.ops.lsh_triton``, which read
     the unsorted rows in place and build the masks themselves; with dropout it falls back to the math path.
 
     Randomness: rotations (and dropout) come from ``generator``, on the inputs' device; the global RNG is

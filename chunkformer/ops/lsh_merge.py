@@ -26,9 +26,9 @@ class RoundMerge:
     output o moves it by w / (weights so far + w) towards o, one lerp per round.
 
     Shape:
-        - :meth:`add`'s ``out_rows``: (G * bs * Q, dv), the round's outputs slot-major, as the kernels fill
+        - ``add``'s ``out_rows``: (G * bs * Q, dv), the round's outputs slot-major, as the kernels fill
           them; ``lse_blocks``: (G, Q, bs)
-        - :meth:`result`: output (G, N, dv), merged log-sum-exp (G, N) (0 where no key), no_key (G, N) bool
+        - ``result``: output (G, N, dv), merged log-sum-exp (G, N) (0 where no key), no_key (G, N) bool
     """
 
     def __init__(

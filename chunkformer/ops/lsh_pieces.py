@@ -1,7 +1,7 @@
 """How LSH attention cuts each round into pieces, and the token rows of every piece.
 
 A piece is a few query blocks of one round that one kernel call covers. Small pieces keep the gathered
-blocks, the mask and the kernels' buffers small and reused from call to call; :class:`PieceRows` holds the
+blocks, the mask and the kernels' buffers small and reused from call to call; ``PieceRows`` holds the
 row indices each piece gathers from and scatters to.
 """
 
@@ -77,11 +77,11 @@ class PieceRows:
 
     def __call__(self, which: str, round_index: int, blocks: slice) -> torch.Tensor:
         """(G * S * P,) rows of one piece of one round, slot-major: the order
-        :func:`chunkformer.ops.lsh_gather.gather_rows` uses.
+        ``chunkformer.ops.lsh_gather.gather_rows`` uses.
 
         ``which="window"`` (layouts with ``key_order``): the rows of sorted blocks start - 1 (cyclically)
         to stop - 1, block-major, (G * (P + 1) * bs,), which
-        :func:`chunkformer.ops.lsh_gather.gather_windows` reads as the key views.
+        ``chunkformer.ops.lsh_gather.gather_windows`` reads as the key views.
         """
         key = (which, round_index, blocks.start, blocks.stop)
         if key not in self._cache:

@@ -1,7 +1,7 @@
-"""A slow, independent reference for :func:`chunkformer.ops.lsh_attention`, as NATTEN ships its reference
+"""A slow, independent reference for ``chunkformer.ops.lsh_attention``, as NATTEN ships its reference
 backend: the fast path is tested against it.
 
-It shares no code with the fast path (nothing from :mod:`chunkformer.ops.lsh` or the LSH kernel modules):
+It shares no code with the fast path (nothing from ``chunkformer.ops.lsh`` or the LSH kernel modules):
 plain Python loops over hash rounds, buckets and blocks decide which keys every query sees (the union over
 rounds, as a dense N x N mask), then dense float64 softmax attention runs restricted to that mask. The
 rotations are redrawn from a generator seeded like the fast path's. It takes O(N^2) memory and Python time
@@ -158,13 +158,13 @@ def lsh_attention_reference(
     key_padding_mask: torch.Tensor | None = None,
     seed: int = 0,
 ) -> torch.Tensor:
-    """What :func:`chunkformer.ops.lsh_attention` computes, the slow way, in float64 and differentiable in
+    """What ``chunkformer.ops.lsh_attention`` computes, the slow way, in float64 and differentiable in
     q, k and v.
 
     The arguments mean what they mean there; ``seed`` stands for the generator: the fast path with
     ``generator=torch.Generator().manual_seed(seed)`` (or ``generator=None`` and ``seed=0``) on CPU draws
     the same rotations. Hashing is piecewise constant, so where a token's two best rotated coordinates are
-    nearly tied (see :func:`reference_hash_margin`) float32 rounding may put it in another bucket than the
+    nearly tied (see ``reference_hash_margin``) float32 rounding may put it in another bucket than the
     fast path does. No dropout.
 
     Shape:
@@ -207,7 +207,7 @@ def reference_hash_margin(
 ) -> float:
     """The smallest gap, over real tokens, rounds, batch and heads, between a token's best and second-best
     entry of [x R, -x R]: where it is tiny, float32 rounding may move the token to another bucket, and the
-    fast path and :func:`lsh_attention_reference` may legitimately disagree.
+    fast path and ``lsh_attention_reference`` may legitimately disagree.
 
     Shape:
         - q, k: (B, H, N, d)

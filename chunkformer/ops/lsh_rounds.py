@@ -1,6 +1,6 @@
 """One hash round of LSH attention: block attention a piece at a time, forward and backward.
 
-Each round's kernels run a few query blocks at a time (see :mod:`chunkformer.ops.lsh_pieces`), so the
+Each round's kernels run a few query blocks at a time (see ``chunkformer.ops.lsh_pieces``), so the
 gathered blocks, the float mask and the kernel buffers of only one piece exist at a time. The backward pass
 re-gathers the blocks from the saved inputs and calls the block-attention backward with the MERGED output and
 log-sum-exp, which yields the round's share of the exact gradient directly (the identity ring attention
@@ -95,7 +95,7 @@ class BlockRounds:
         rows: the token rows of every piece.
         kernel: the block kernel.
         scale: logit scale.
-        dropout_p: dropout probability (masks from :class:`chunkformer.ops.lsh_dropout.DropoutReplay`).
+        dropout_p: dropout probability (masks from ``chunkformer.ops.lsh_dropout.DropoutReplay``).
         blocks_per_piece: query blocks per kernel call.
     """
 

@@ -1,12 +1,12 @@
 """LSH attention on the fused Triton kernels (backend ``"triton"``): the autograd function and the tables the
 kernels read.
 
-Where the block path (:mod:`chunkformer.ops.lsh_autograd`) gathers every piece's query, key and value rows
+Where the block path (``chunkformer.ops.lsh_autograd``) gathers every piece's query, key and value rows
 into blocks, builds the pair masks in torch and calls a block kernel, the Triton kernels
-(:mod:`chunkformer.ops.lsh_triton_kernels`) take the unsorted q, k, v and each round's token ids per slot,
+(``chunkformer.ops.lsh_triton_kernels``) take the unsorted q, k, v and each round's token ids per slot,
 read the rows in place, and build the masks themselves from per-token tables: one launch per round, grid
 (query blocks, batch x heads). Each round writes its output and log-sum-exp in token order, and
-:class:`chunkformer.ops.lsh_merge.RoundMerge` merges the rounds as on the block path, without a gather.
+``chunkformer.ops.lsh_merge.RoundMerge`` merges the rounds as on the block path, without a gather.
 
 The backward pass recomputes each round from the merged output and log-sum-exp. Query gradients are added
 in place at each round's query rows (a token has one query slot per round and rounds run one after
@@ -127,7 +127,7 @@ def triton_rounds(
     shared_qk: bool,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Each used round's log-sum-exp and output in token order, one kernel launch per round, as
-    :meth:`chunkformer.ops.lsh_merge.RoundMerge.add_token_rows` takes them; -inf and zeros for a token with
+    ``chunkformer.ops.lsh_merge.RoundMerge.add_token_rows`` takes them; -inf and zeros for a token with
     nothing in view (or no slot) in the round. The tensors are reused: each is valid until the next round.
 
     Shape:
@@ -172,9 +172,9 @@ def triton_rounds(
 
 class TritonLSHFunction(torch.autograd.Function):
     """Attention of q on k, v over the pairs ``layout`` puts in view, on the Triton kernels; the same result
-    as :class:`chunkformer.ops.lsh_autograd.LSHAttentionFunction` without dropout.
+    as ``chunkformer.ops.lsh_autograd.LSHAttentionFunction`` without dropout.
 
-    Arguments of :meth:`forward`: q, k (None under shared QK: the keys are the unit-normalised queries), v,
+    Arguments of ``forward``: q, k (None under shared QK: the keys are the unit-normalised queries), v,
     layout, valid (real-token flags or None), scale, shared_qk.
 
     Shape:

@@ -2,13 +2,13 @@
 unsorted rows of q, k, v in place through the layout's token ids and building every mask from per-token
 tables.
 
-Imported only by :mod:`chunkformer.ops.lsh_triton`, when the ``"triton"`` backend runs; it imports Triton.
+Imported only by ``chunkformer.ops.lsh_triton``, when the ``"triton"`` backend runs; it imports Triton.
 ``TRITON_INTERPRET=1`` must be set before this module is imported to run the kernels on CPU tensors.
 
 Grid: one program per (query block, batch x head) of a round. A program holds its ``bucket_size`` query rows
 (padded to ``BLOCK``, a power of two of at least 16, as ``tl.dot`` needs) and walks its key view, one or two
 key blocks (``KEY_TILES``), with an online softmax. The mask of a (query, key) pair, from the token ids in
-the slots and the tables, is the one :meth:`chunkformer.ops.lsh.LSHLayout.keep` builds:
+the slots and the tables, is the one ``chunkformer.ops.lsh.LSHLayout.keep`` builds:
 
 * bucket-aligned layout (``CAUSAL``): in view in round e when 0 <= high_e[query] - code_e[key] < bucket_size
   (``key_code`` / ``query_high``); this holds causality, buckets, padding and keys from other buckets;
