@@ -57,8 +57,9 @@ class DividedSpaceTimeAttention(nn.Module):
         >>> x, cls = torch.randn(2, 8, 49, 32), torch.randn(2, 1, 32)
         >>> layer(x).shape
         torch.Size([2, 8, 49, 32])
-        >>> [t.shape for t in layer(x, cls)]
-        [torch.Size([2, 8, 49, 32]), torch.Size([2, 1, 32])]
+        >>> tokens, cls_out = layer(x, cls)
+        >>> tokens.shape, cls_out.shape
+        (torch.Size([2, 8, 49, 32]), torch.Size([2, 1, 32]))
     """
 
     def __init__(
