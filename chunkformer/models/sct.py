@@ -20,6 +20,7 @@ from chunkformer.models.checkpointing import checkpoint_block
 from chunkformer.models.config import SCTConfig, StageConfig
 from chunkformer.models.registry import register_model
 from chunkformer.models.stage import SCTStage
+from chunkformer.models.video_classifier import build_preset
 
 __all__ = ["SCTConfig", "ShiftedChunkTransformer", "StageConfig", "sct_config"]
 
@@ -257,16 +258,15 @@ def sct_config(
 def _build(
     config: SCTConfig, num_classes: int, num_frames: int, overrides: dict[str, Any]
 ) -> ShiftedChunkTransformer:
-    model_kwargs = {key: overrides.pop(key) for key in _MODEL_KWARGS if key in overrides}
-    fields = {f.name for f in dataclasses.fields(SCTConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise TypeError(
-            f"unknown override(s) {unknown}: expected model arguments {list(_MODEL_KWARGS)} or SCTConfig "
-            f"fields {sorted(fields)}"
-        )
-    config = dataclasses.replace(config, **overrides)
-    return ShiftedChunkTransformer(config, num_classes=num_classes, num_frames=num_frames, **model_kwargs)
+    return build_preset(
+        ShiftedChunkTransformer,
+        config,
+        num_classes,
+        num_frames,
+        overrides,
+        img_size=224,
+        model_kwargs=_MODEL_KWARGS,
+    )
 
 
 @register_model

@@ -141,18 +141,20 @@ def build_preset(
     num_frames: int,
     overrides: dict[str, Any],
     img_size: int,
+    model_kwargs: tuple[str, ...] = MODEL_KWARGS,
 ) -> Model:
-    """``model_cls(config with overrides, ...)``: ``overrides`` are ``img_size`` (default ``img_size``) or
-    fields of the config dataclass; a TypeError lists both for any other name."""
+    """``model_cls(config with overrides, ...)``: ``overrides`` are ``model_kwargs`` (arguments of
+    ``model_cls``; ``img_size`` defaults to ``img_size``) or fields of the config dataclass; a TypeError
+    lists both for any other name."""
     overrides = dict(overrides)
-    model_kwargs = {key: overrides.pop(key) for key in MODEL_KWARGS if key in overrides}
-    model_kwargs.setdefault("img_size", img_size)
+    given = {key: overrides.pop(key) for key in model_kwargs if key in overrides}
+    given.setdefault("img_size", img_size)
     fields = {f.name for f in dataclasses.fields(config)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise TypeError(
-            f"unknown override(s) {unknown}: expected model arguments {list(MODEL_KWARGS)} or "
+            f"unknown override(s) {unknown}: expected model arguments {list(model_kwargs)} or "
             f"{type(config).__name__} fields {sorted(fields)}"
         )
     config = dataclasses.replace(config, **overrides)
-    return model_cls(config, num_classes=num_classes, num_frames=num_frames, **model_kwargs)
+    return model_cls(config, num_classes=num_classes, num_frames=num_frames, **given)
