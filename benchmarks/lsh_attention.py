@@ -3,8 +3,8 @@
 Every (implementation, length, n_hashes) cell runs in a fresh subprocess, so peak memory is that cell's own
 (the growth of the process's resident memory, sampled every 0.5 ms, over its value once the inputs
 exist) and allocator state does not
-leak between cells. All cells: batch 1, 4 heads, head dim 64, bucket 64, fp32, shared QK (the only mode
-reformer-pytorch has), non-causal.
+leak between cells. All cells: batch 1, 4 heads (``--batch`` / ``--heads`` change both: the GPU suite runs
+batch 4, 8 heads), head dim 64, bucket 64, fp32, shared QK (the only mode reformer-pytorch has), non-causal.
 
 What each implementation runs:
 
@@ -15,8 +15,9 @@ What each implementation runs:
 * ``sdpa-full``: exact attention, one SDPA call over all N tokens (only up to 16K: it is N^2).
 
 FLOP model (the issue's): forward 8 * B * H * n_hashes * L * (2 * bucket) * d, backward twice that. "matmul
-share" divides it by the time and by this machine's fp32 GEMM peak, measured in the same run (before and
-after the cells; the higher of the two).
+share" divides it by the time and by this machine's GEMM peak in the run's dtype (``--peak-dtype`` picks
+another: the GPU suite divides fp32 cells by the bf16 peak too), measured in the same run (before and after
+the cells; the higher of the two).
 
 Error: on clustered inputs (tokens near 16 centres, where LSH is meant to work) the relative Frobenius
 error of each implementation's output against exact shared-QK attention, same n_hashes, up to 4K tokens;
@@ -30,9 +31,9 @@ Usage::
 
 On a GPU: ``--device cuda --dtype bf16 --in-process`` (peak memory then comes from the CUDA allocator's
 statistics, and one process serves every cell); ``chunkformer-sdpa`` / ``chunkformer-xformers`` /
-``chunkformer-math`` pin the attention dispatch's backend, ``chunkformer`` leaves it automatic. The share
-column then divides by the GPU's GEMM peak in that dtype. ``benchmarks/cuda_checks.sh`` runs it with the CUDA
-tests.
+``chunkformer-math`` / ``chunkformer-triton`` pin the attention dispatch's backend, ``chunkformer`` leaves
+it automatic. The share column then divides by the GPU's GEMM peak in that dtype.
+``benchmarks/gpu_suite.sh`` runs it with the CUDA tests.
 
 ``--rounds R`` runs every (L, n_hashes) group's cells R times, rotating their order, and reports medians over
 the rounds: on a machine whose speed drifts (a shared VM), cells run minutes apart otherwise see different
@@ -52,10 +53,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import PeakRSS, cpu_name, matmul_peak_gflops, write_outputs  # noqa: E402
 
-HEADS, HEAD_DIM, BUCKET = 4, 64, 64
+HEAD_DIM, BUCKET = 64, 64
+# Batch and heads are options (--batch, --heads); main() sets these before any cell is built.
+BATCH, HEADS = 1, 4
 # "chunkformer" runs the dispatch's automatic backend; "chunkformer-<backend>" pins one (sdpa, xformers,
-# math).
-OURS = ("chunkformer", "chunkformer-sdpa", "chunkformer-xformers", "chunkformer-math")
+# math, triton).
+OURS = ("chunkformer", "chunkformer-sdpa", "chunkformer-xformers", "chunkformer-math", "chunkformer-triton")
 IMPLEMENTATIONS = (*OURS, "reformer-pytorch", "hf-reformer", "sdpa-full")
 # Pinned backends are for comparing kernels (on a GPU): by default ours runs once, on the automatic backend.
 DEFAULT_IMPLEMENTATIONS = ("chunkformer", "reformer-pytorch", "hf-reformer", "sdpa-full")
@@ -65,18 +68,21 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 def _clustered_inputs(length: int, seed: int, device: str = "cpu", dtype: str = "fp32"):
     import torch
 
+    # Drawn as B * H sequences, so batch 1 draws exactly what the tables of batch-1 runs measured.
+    sequences = BATCH * HEADS
     generator = torch.Generator().manual_seed(seed)
-    centres = torch.randn(HEADS, 16, HEAD_DIM, generator=generator) * 10
-    assign = torch.randint(0, 16, (HEADS, length), generator=generator)
+    centres = torch.randn(sequences, 16, HEAD_DIM, generator=generator) * 10
+    assign = torch.randint(0, 16, (sequences, length), generator=generator)
     qk = torch.gather(centres, 1, assign[..., None].expand(-1, -1, HEAD_DIM))
-    qk = qk + torch.randn(HEADS, length, HEAD_DIM, generator=generator)
-    v = torch.randn(HEADS, length, HEAD_DIM, generator=generator)
+    qk = qk + torch.randn(sequences, length, HEAD_DIM, generator=generator)
+    v = torch.randn(sequences, length, HEAD_DIM, generator=generator)
     torch_dtype = getattr(torch, DTYPES[dtype])
-    return qk[None].to(device, torch_dtype), v[None].to(device, torch_dtype)
+    shape = (BATCH, HEADS, length, HEAD_DIM)
+    return qk.reshape(shape).to(device, torch_dtype), v.reshape(shape).to(device, torch_dtype)
 
 
 def _build(impl: str, n_hashes: int, length: int, device: str = "cpu", dtype: str = "fp32"):
-    """A function (qk, v) -> out of shape (1, H, L, d) for the implementation."""
+    """A function (qk, v) -> out of shape (B, H, L, d) for the implementation."""
     import torch
     import torch.nn.functional as F
 
@@ -130,7 +136,7 @@ def _build(impl: str, n_hashes: int, length: int, device: str = "cpu", dtype: st
             # HF's layer takes one hidden state for both: feed qk, and v through its value projection.
             hidden = qk.transpose(1, 2).flatten(2)
             out = layer(hidden).hidden_states
-            return out.reshape(1, length, HEADS, HEAD_DIM).transpose(1, 2)
+            return out.reshape(qk.shape[0], length, HEADS, HEAD_DIM).transpose(1, 2)
 
         return run
     if impl == "sdpa-full":
@@ -226,7 +232,7 @@ def _cell(
 
 
 def _flops(length: int, n_hashes: int) -> tuple[float, float]:
-    forward = 8 * 1 * HEADS * n_hashes * length * (2 * BUCKET) * HEAD_DIM
+    forward = 8 * BATCH * HEADS * n_hashes * length * (2 * BUCKET) * HEAD_DIM
     return forward, 2 * forward
 
 
@@ -278,6 +284,7 @@ def plot(rows: list[dict], path: str, title: str = "") -> None:
                     "chunkformer-sdpa": "tab:blue",
                     "chunkformer-xformers": "tab:purple",
                     "chunkformer-math": "tab:cyan",
+                    "chunkformer-triton": "tab:red",
                     "reformer-pytorch": "tab:orange",
                     "hf-reformer": "tab:green",
                     "sdpa-full": "tab:gray",
@@ -314,6 +321,10 @@ def _run_cell(impl: str, length: int, n_hashes: int, args: argparse.Namespace) -
         args.device,
         "--dtype",
         args.dtype,
+        "--batch",
+        str(args.batch),
+        "--heads",
+        str(args.heads),
     ]
     if args.in_process:
         try:
@@ -375,6 +386,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument(
+        "--peak-dtype",
+        default=None,
+        choices=list(DTYPES),
+        help="dtype of the GEMM peak the share column divides by (default: --dtype)",
+    )
     parser.add_argument(
         "--in-process",
         action="store_true",
@@ -383,12 +402,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--cell", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global BATCH, HEADS
+    BATCH, HEADS = args.batch, args.heads
+    peak_dtype = args.peak_dtype or args.dtype
 
     if args.plot_from:
         if not args.plot_out:
             parser.error("--plot-from needs --plot-out")
         title = (
-            f"LSH attention, batch 1, {HEADS} heads, d {HEAD_DIM}, bucket {BUCKET}, fp32 "
+            f"LSH attention, batch {BATCH}, {HEADS} heads, d {HEAD_DIM}, bucket {BUCKET}, {args.dtype} "
             f"(rows of {args.plot_from})"
         )
         plot(rows_from_markdown(args.plot_from), args.plot_out, title=title)
@@ -405,7 +427,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    peak_before = matmul_peak_gflops(args.threads, args.device, DTYPES[args.dtype])
+    peak_before = matmul_peak_gflops(args.threads, args.device, DTYPES[peak_dtype])
     rows = []
     for length in args.lengths:
         for n_hashes in args.hashes:
@@ -424,15 +446,15 @@ def main(argv: list[str] | None = None) -> None:
 
     # Measured before and after the cells; the shares divide by the higher of the two, so a slow moment of
     # the machine during one measurement cannot inflate them.
-    peak_after = matmul_peak_gflops(args.threads, args.device, DTYPES[args.dtype])
+    peak_after = matmul_peak_gflops(args.threads, args.device, DTYPES[peak_dtype])
     peak = max(peak_before, peak_after)
     machine = f"{cpu_name()}, {args.threads} threads"
     if args.device == "cuda":
         machine = f"{torch.cuda.get_device_name()} (host {cpu_name()})"
     command = " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
-        f"Machine: {machine}; torch {torch.__version__}; {args.dtype}; "
-        f"{args.dtype} GEMM peak measured {peak_before:.1f} GFLOP/s before the cells and "
+        f"Machine: {machine}; torch {torch.__version__}; {args.dtype}; batch {BATCH}, {HEADS} heads; "
+        f"{peak_dtype} GEMM peak measured {peak_before:.1f} GFLOP/s before the cells and "
         f"{peak_after:.1f} after "
         f"(shares use {peak:.1f})",
         f"Command: `python benchmarks/lsh_attention.py {command}`",
