@@ -106,8 +106,8 @@ def draw(name: str, caption: str, grad: torch.Tensor, path: Path) -> None:
     reached = values > 0
     # Four decades: smaller (two-step) dependences get the lowest colour instead of stretching the scale.
     norm = LogNorm(vmin=max(values[reached].min(), values.max() * 1e-4), vmax=values.max(), clip=True)
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("#d9d9d9")  # masked: exactly zero, cannot affect the query
+    # Masked tokens (exactly zero: cannot affect the query) in grey.
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#d9d9d9")
     figure, panels = plt.subplots(1, FRAMES, figsize=(2.1 * FRAMES + 0.8, 2.6))
     for t, axes in enumerate(panels):
         axes.imshow(np.ma.masked_where(~reached[t], values[t]), norm=norm, cmap=cmap, interpolation="nearest")
