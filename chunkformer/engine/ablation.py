@@ -178,6 +178,12 @@ class AblationConfig:
 
 def train_config(study: AblationConfig, variant: Variant, seed: int) -> TrainConfig:
     """The motion preset on the study's data, with the variant's model, learning rate and sizes."""
+    return motion_run_config(study, variant.model_name, variant.name, seed)
+
+
+def motion_run_config(study: Any, model_name: str, run_name: str, seed: int) -> TrainConfig:
+    """The motion preset for one run of a study: ``study`` has the fields of :class:`AblationConfig` except
+    ``variants`` (the zoo study shares this recipe); the run goes to ``<out_dir>/<run_name>/seed<seed>``."""
     config = preset("motion")
     out = Path(study.out_dir)
     config.data.motion_variant = study.data
@@ -189,10 +195,10 @@ def train_config(study: AblationConfig, variant: Variant, seed: int) -> TrainCon
         study.val_per_class,
     )
     config.data.num_workers = study.num_workers
-    config.model.name, config.model.import_module = variant.model_name, None
+    config.model.name, config.model.import_module = model_name, None
     config.optim.epochs, config.optim.lr = study.epochs, study.lr
     config.run.seed, config.run.threads = seed, study.threads
-    config.run.out_dir = str(out / variant.name / f"seed{seed}")
+    config.run.out_dir = str(out / run_name / f"seed{seed}")
     config.run.eval_every = study.epochs
     config.run.keep_last = 1
     # A run missing from runs.jsonl did not finish (the study was stopped): start it again from scratch.
@@ -258,8 +264,13 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _prepare_data(study: AblationConfig, seed: int) -> None:
+    prepare_motion_data(study, seed)
+
+
+def prepare_motion_data(study: Any, seed: int) -> None:
+    """Generate a study's motion data for ``seed`` (``study`` as in :func:`motion_run_config`)."""
     # Generated once per seed before runs start, so parallel runs never generate the same dataset twice.
-    config = train_config(study, VARIANTS[study.variants[0]], seed)
+    config = motion_run_config(study, "sct_tiny", "data", seed)
     spec = MotionDatasetSpec(
         train_per_class=study.train_per_class,
         val_per_class=study.val_per_class,

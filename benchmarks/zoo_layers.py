@@ -1,0 +1,194 @@
+"""Every attention layer of the library side by side on one video token grid: forward and forward+backward.
+
+The layers (C = 96, 3 heads, fp32, batch 1) on 8 frames of 56 x 56 tokens, the grid of a video model's
+first stage at 224 x 224 with patch 4:
+
+* ``ChunkAttention`` (SCT): 7 x 7 windows per frame.
+* ``ShiftedAttention`` (SCT): per-frame attention over all 3136 tokens, keys from frame t - 1.
+* ``LSHAttention`` (SCT's image LSH attention): one sequence per frame, bucket 64, 4 hashes.
+* ``DividedSpaceTimeAttention`` (TimeSformer): temporal attention (8 tokens), then spatial (3136).
+* ``FactorizedSelfAttention`` (ViViT model 3): spatial (3136), then temporal (8).
+* ``WindowAttention3D`` (Video Swin-T): 8 x 7 x 7 windows, shifted by (4, 3, 3) (Video Swin's shifted
+  block; one window along time, so only the spatial shift applies).
+* ``WindowAttention3D, no shift``: the same windows unshifted (Video Swin's other block).
+* ``NeighborhoodAttention3D``: a 3 x 7 x 7 neighbourhood per query. Its mask is dense over all T*H*W
+  tokens, so at 25,088 tokens it needs 25088^2 mask entries and scores per head: it is skipped when the
+  scores would exceed ``--max-dense-gb``, and the table says why.
+
+Each layer's input shape is its own (B, T, H, W, C) or (B, T, N, C) view of the same tokens. The layers are
+timed in interleaved rounds after warm-up (every layer once per round), and the medians reported, so a drift
+of the machine's speed hits every layer alike. ``--smoke`` runs a tiny grid (2 x 14 x 14) in a second.
+
+Usage::
+
+    python benchmarks/zoo_layers.py --threads 1 --repeats 5 --markdown-out zoo_layers.md
+    python benchmarks/zoo_layers.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+from _common import cpu_name, write_outputs
+from torch import nn
+
+from chunkformer.layers import (
+    ChunkAttention,
+    DividedSpaceTimeAttention,
+    FactorizedSelfAttention,
+    LSHAttention,
+    NeighborhoodAttention3D,
+    ShiftedAttention,
+    WindowAttention3D,
+)
+
+
+def _layers(dim: int, heads: int, frames: int, grid: int) -> dict[str, tuple[nn.Module, str, str]]:
+    """name -> (layer, input layout, what it attends to)."""
+    tokens = grid * grid
+    chunk = min(7, grid)
+    window = (min(8, frames), chunk, chunk)
+    # Odd sides (NATTEN centres the window on the query); at most the grid along each axis.
+    kernel = (3 if frames >= 3 else 1, chunk, chunk)
+    return {
+        "ChunkAttention": (
+            ChunkAttention(dim, heads, chunk_size=chunk),
+            "thw",
+            f"{chunk}x{chunk} window of its frame",
+        ),
+        "ShiftedAttention": (
+            ShiftedAttention(dim, heads, shift=1),
+            "tn",
+            f"all {tokens} tokens of frame t-1",
+        ),
+        "LSHAttention": (
+            LSHAttention(dim, heads, bucket_size=64, n_hashes=4, seed=0),
+            "thw",
+            "its LSH buckets in its frame (bucket 64, 4 hashes)",
+        ),
+        "DividedSpaceTimeAttention": (
+            DividedSpaceTimeAttention(dim, heads),
+            "tn",
+            f"{frames} tokens at its position, then {tokens} of its frame",
+        ),
+        "FactorizedSelfAttention": (
+            FactorizedSelfAttention(dim, heads),
+            "tn",
+            f"{tokens} tokens of its frame, then {frames} at its position",
+        ),
+        "WindowAttention3D": (
+            WindowAttention3D(dim, heads, window_size=window, shift_size=tuple(w // 2 for w in window)),
+            "thw",
+            f"{'x'.join(map(str, window))} shifted window",
+        ),
+        # The same windows unshifted: what the shift's roll and mask add.
+        "WindowAttention3D, no shift": (
+            WindowAttention3D(dim, heads, window_size=window, shift_size=0),
+            "thw",
+            f"{'x'.join(map(str, window))} window",
+        ),
+        "NeighborhoodAttention3D": (
+            NeighborhoodAttention3D(dim, heads, kernel_size=kernel),
+            "thw",
+            f"{'x'.join(map(str, kernel))} neighbourhood",
+        ),
+    }
+
+
+def _time(fn: Callable[[], torch.Tensor], backward: bool) -> float:
+    start = time.perf_counter()
+    out = fn()
+    if backward:
+        out.sum().backward()
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--grid", type=int, default=56, help="tokens per side of a frame")
+    parser.add_argument("--dim", type=int, default=96)
+    parser.add_argument("--heads", type=int, default=3)
+    parser.add_argument(
+        "--max-dense-gb",
+        type=float,
+        default=4.0,
+        help="skip NeighborhoodAttention3D when its dense fp32 scores (heads x L^2) would exceed this",
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny grid (2 x 14 x 14), one repeat")
+    parser.add_argument("--markdown-out", default=None)
+    parser.add_argument("--json-out", default=None)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.frames, args.grid, args.repeats, args.warmup = 2, 14, 1, 0
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    layers = _layers(args.dim, args.heads, args.frames, args.grid)
+    clip = torch.randn(1, args.frames, args.grid, args.grid, args.dim)
+    inputs = {"thw": clip, "tn": clip.flatten(2, 3)}
+    length = args.frames * args.grid * args.grid
+    dense_gb = args.heads * length**2 * 4 / 1e9
+    skipped = {}
+    if dense_gb > args.max_dense_gb:
+        # A dense mask over every token pair of the clip: memory, not time, rules it out here.
+        skipped["NeighborhoodAttention3D"] = (
+            f"skipped: its dense mask over all {length} tokens needs {dense_gb:.1f} GB of fp32 scores "
+            f"(3 heads x {length}^2) per forward, > --max-dense-gb {args.max_dense_gb:g}"
+        )
+    timed = {name: entry for name, entry in layers.items() if name not in skipped}
+    for layer, _, _ in timed.values():
+        layer.train()  # training mode, as in a training step (LSH draws fresh rotations each call)
+
+    results: dict[str, dict[str, list[float]]] = {name: {"fwd": [], "bwd": []} for name in timed}
+    for round_ in range(args.warmup + args.repeats):
+        for name, (layer, layout, _) in timed.items():
+            x = inputs[layout]
+            with torch.no_grad():
+                forward = _time(lambda layer=layer, x=x: layer(x), backward=False)
+            x_grad = x.detach().requires_grad_()
+            both = _time(lambda layer=layer, x_grad=x_grad: layer(x_grad), backward=True)
+            layer.zero_grad(set_to_none=True)
+            if round_ >= args.warmup:
+                results[name]["fwd"].append(forward)
+                results[name]["bwd"].append(both)
+
+    base = {key: statistics.median(results["ChunkAttention"][key]) for key in ("fwd", "bwd")}
+    header = (
+        f"Machine: {cpu_name()}, {args.threads} thread(s); torch {torch.__version__}; batch 1, "
+        f"{args.frames} frames of {args.grid}x{args.grid} tokens, C={args.dim}, {args.heads} heads, fp32, "
+        f"training mode; median of {args.repeats} interleaved rounds after {args.warmup} warm-up\n"
+        f"Command: `python benchmarks/zoo_layers.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n"
+    )
+    lines = [
+        "| layer | one query attends to | forward (ms) | fwd+bwd (ms) | forward / ChunkAttention "
+        "| fwd+bwd / ChunkAttention |",
+        "|---|---|---|---|---|---|",
+    ]
+    payload = []
+    for name, (_, _, sees) in layers.items():
+        if name in skipped:
+            lines.append(f"| `{name}` | {sees} | - | - | {skipped[name]} | - |")
+            payload.append({"layer": name, "skipped": skipped[name]})
+            continue
+        fwd, bwd = (statistics.median(results[name][key]) for key in ("fwd", "bwd"))
+        lines.append(
+            f"| `{name}` | {sees} | {1e3 * fwd:.1f} | {1e3 * bwd:.1f} | {fwd / base['fwd']:.2f}x "
+            f"| {bwd / base['bwd']:.2f}x |"
+        )
+        payload.append({"layer": name, "forward_s": results[name]["fwd"], "fwd_bwd_s": results[name]["bwd"]})
+    table = header + "\n" + "\n".join(lines)
+    write_outputs(table, args.markdown_out, args.json_out, payload)
+    return table
+
+
+if __name__ == "__main__":
+    main()
