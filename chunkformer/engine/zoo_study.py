@@ -6,14 +6,21 @@ the study's epochs, learning rate and data sizes; :func:`chunkformer.engine.abla
 several seeds. A seed sets the model init, the data order and augmentation, and the generated dataset, and
 is shared by all models, so each seed is a paired comparison. Besides accuracy each run records its
 training throughput (clips per second of training steps, from the run's ``epochs.csv``), so accuracy can
-be read against measured speed as well as against MACs, which are not matched between the models.
-``recipes/zoo_study.py`` is its command line; docs/zoo.md has the measured study::
+be read against measured speed as well as against MACs (the tiny presets are sized to about ``sct_tiny``'s
+MACs).
+
+With ``tune_lrs``, each model's learning rate is chosen first: one run per candidate on a tuning seed that
+is not among the reported seeds (its own generated data, init and order), keeping the rate with the best
+top-1 (ties: lower validation loss, then the lower rate); the reported seeds then train at that rate, so
+the selection is not scored on the runs it picked. ``recipes/zoo_study.py`` is its command line;
+docs/zoo.md has the measured study::
 
     from chunkformer.engine.zoo_study import ZooStudyConfig, run_study, summarize
 
-    study = ZooStudyConfig(models=("sct_tiny", "nat_tiny"), seeds=2, out_dir="runs/zoo")
-    rows = run_study(study)          # skips runs already in runs/zoo/runs.jsonl
+    study = ZooStudyConfig(models=("sct_tiny", "nat_tiny"), seeds=2, tune_lrs=(5e-4, 1e-3, 2e-3))
+    rows = run_study(study)          # skips runs already in runs/zoo_study/runs.jsonl
     summary = summarize(rows, study.models, study.data)
+    print(markdown(summary), tuning_markdown(rows, study))
 """
 
 from __future__ import annotations
@@ -27,15 +34,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from chunkformer.data import motion_classes
 from chunkformer.engine.ablation import motion_run_config, prepare_motion_data
 from chunkformer.engine.loop import train
-from chunkformer.models import list_models
+from chunkformer.models import create_model, list_models
 from chunkformer.models.stats import count
 
-__all__ = ["MODELS", "ZooStudyConfig", "markdown", "plot", "run_study", "summarize"]
+__all__ = [
+    "MODELS",
+    "ZooStudyConfig",
+    "best_lr",
+    "load_runs",
+    "markdown",
+    "plot",
+    "run_study",
+    "summarize",
+    "tuning_markdown",
+]
 
-# One tiny model per family, each about 0.1M parameters at 8 x 32 x 32 (docs/models.md).
+# One tiny model per family, each within 20 % of sct_tiny's MACs at 8 x 32 x 32 (docs/models.md).
 MODELS: dict[str, str] = {
     "sct_tiny": "SCT: chunk (local window) frame encoder + shifted MSA + clip encoder",
     "timesformer_tiny": "TimeSformer: divided space-time attention",
@@ -54,7 +73,11 @@ class ZooStudyConfig:
         data: the motion data variant: ``basic`` (8 classes) or ``hard`` (16 classes, a moving distractor).
         seeds: seeds per model (0, 1, ...).
         epochs: training epochs per run.
-        lr: peak AdamW learning rate (the motion preset's, as the ablation study).
+        lr: peak AdamW learning rate of every model when ``tune_lrs`` is empty (the motion preset's, as the
+            ablation study).
+        tune_lrs: candidate peak learning rates; when given, each model's rate is chosen among them by one
+            run per candidate on ``tune_seed`` before the reported seeds run (empty: ``lr`` for all).
+        tune_seed: the seed of the tuning runs; must not be one of the reported seeds 0 .. seeds - 1.
         train_per_class: generated training videos per class.
         val_per_class: generated validation videos per class.
         out_dir: where runs, ``runs.jsonl``, ``results.md``, ``results.json`` and ``results.png`` go.
@@ -68,6 +91,8 @@ class ZooStudyConfig:
     seeds: int = 3
     epochs: int = 30
     lr: float = 1e-3
+    tune_lrs: tuple[float, ...] = ()
+    tune_seed: int = 1000
     train_per_class: int = 64
     val_per_class: int = 16
     out_dir: str = "runs/zoo_study"
@@ -83,30 +108,71 @@ class ZooStudyConfig:
             raise ValueError(f"seeds and epochs must be >= 1, got {self.seeds}, {self.epochs}")
         if self.quick:
             self.seeds, self.epochs, self.train_per_class, self.val_per_class = 1, 1, 2, 1
+        bad = [lr for lr in (self.lr, *self.tune_lrs) if not lr > 0]
+        if bad:
+            raise ValueError(f"learning rates must be > 0, got {bad}")
+        if self.tune_lrs and 0 <= self.tune_seed < self.seeds:
+            raise ValueError(
+                f"tune_seed must not be a reported seed (0 .. {self.seeds - 1}), got {self.tune_seed}: the "
+                "rates would be scored on the runs that picked them"
+            )
 
 
 def _settings(study: ZooStudyConfig) -> dict[str, Any]:
-    """What a finished run's result depends on besides model and seed (recorded in each row)."""
+    """What a finished run's result depends on besides model, seed and rate (recorded in each row)."""
     return {
         "data": study.data,
         "epochs": study.epochs,
-        "lr": study.lr,
         "train_per_class": study.train_per_class,
         "val_per_class": study.val_per_class,
     }
 
 
-def _done(path: Path, study: ZooStudyConfig) -> dict[tuple[str, int], dict[str, Any]]:
-    """Finished runs of ``runs.jsonl`` with this study's settings."""
+RunKey = tuple[str, int, float]
+
+
+def _params(model: str, data: str) -> int:
+    """Parameters of a registered model as the study builds it (on the meta device: no memory)."""
+    with torch.device("meta"):
+        built = create_model(model, num_classes=len(motion_classes(data)), num_frames=8)
+    return sum(p.numel() for p in built.parameters())
+
+
+def _done(path: Path, study: ZooStudyConfig) -> dict[RunKey, dict[str, Any]]:
+    """Finished runs of ``runs.jsonl`` with this study's settings, by (model, seed, lr); a run of a model
+    whose definition changed since (another parameter count) is not reused."""
     if not path.is_file():
         return {}
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     wanted = _settings(study)
+    params = {
+        name: _params(name, study.data) for name in {row["model"] for row in rows} if name in list_models()
+    }
     return {
-        (row["model"], row["seed"]): row
+        (row["model"], row["seed"], row["lr"]): row
         for row in rows
         if all(row.get(key) == value for key, value in wanted.items())
+        and row.get("params") == params.get(row["model"])
     }
+
+
+def load_runs(study: ZooStudyConfig) -> list[dict[str, Any]]:
+    """Every finished run in ``<out_dir>/runs.jsonl`` with this study's settings, tuning runs included."""
+    return list(_done(Path(study.out_dir) / "runs.jsonl", study).values())
+
+
+def best_lr(rows: list[dict[str, Any]], model: str, lrs: tuple[float, ...], seed: int) -> float | None:
+    """The rate of ``lrs`` whose run of ``model`` on ``seed`` scored best: highest top-1, then lowest
+    validation loss (``nll``; NaN counts as worst), then the lowest rate; None until every candidate ran."""
+    runs = {row["lr"]: row for row in rows if row["model"] == model and row["seed"] == seed}
+    if any(lr not in runs for lr in lrs):
+        return None
+
+    def rank(lr: float) -> tuple[float, float, float]:
+        nll = runs[lr].get("nll", math.nan)
+        return (-runs[lr]["top1"], math.inf if nll is None or math.isnan(nll) else nll, lr)
+
+    return min(lrs, key=rank)
 
 
 def _throughput(out_dir: Path) -> float:
@@ -117,11 +183,11 @@ def _throughput(out_dir: Path) -> float:
     return statistics.median(values)
 
 
-def _run_one(study: ZooStudyConfig, model: str, seed: int) -> dict[str, Any]:
-    config = motion_run_config(study, model, model, seed)
-    if study.quick:
-        config.optim.batch_size = 8
-        config.data.temporal_views = config.data.spatial_crops = 1
+def _run_one(study: ZooStudyConfig, model: str, seed: int, lr: float, phase: str) -> dict[str, Any]:
+    # Tuning runs get folders of their own, one per rate; reported runs keep <model>/seed<seed>.
+    run_name = model if phase == "eval" else f"tune/{model}/lr{lr:g}"
+    config = motion_run_config(study, model, run_name, seed)
+    config.optim.lr = lr
     started = time.monotonic()
     result = train(config)
     assert result.metrics is not None
@@ -132,35 +198,83 @@ def _run_one(study: ZooStudyConfig, model: str, seed: int) -> dict[str, Any]:
         "top5": result.metrics.top5,
         "mean_class": result.metrics.mean_class,
         "num_videos": result.metrics.num_videos,
+        "nll": result.metrics.nll,
+        "params": _params(model, study.data),
+        "lr": lr,
+        "phase": phase,
         **_settings(study),
         "clips_per_s": _throughput(Path(config.run.out_dir)),
         "seconds": time.monotonic() - started,
     }
 
 
+def _lr_of(study: ZooStudyConfig, rows: list[dict[str, Any]], model: str) -> float:
+    """The rate the reported seeds of ``model`` train at (tuning must have finished)."""
+    if not study.tune_lrs:
+        return study.lr
+    chosen = best_lr(rows, model, study.tune_lrs, study.tune_seed)
+    assert chosen is not None, f"tuning of {model} has not finished"
+    return chosen
+
+
 def run_study(study: ZooStudyConfig) -> list[dict[str, Any]]:
-    """Train and evaluate every (model, seed) not yet in ``runs.jsonl``, one run at a time (on 2 cores a
-    run and its loader worker already keep both busy, and parallel runs would distort each other's
-    throughput); returns all rows of the study."""
+    """Train and evaluate every run not yet in ``runs.jsonl``: the tuning runs (``tune_lrs``), then each
+    (model, seed) at its rate; one run at a time (on 2 cores a run and its loader worker already keep both
+    busy, and parallel runs would distort each other's throughput). Returns the reported runs (seeds
+    0 .. seeds - 1 at each model's rate); ``runs.jsonl`` also holds the tuning runs (``phase`` "tune")."""
     out = Path(study.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "runs.jsonl"
     done = _done(results, study)
-    # Seed-major: a study stopped early has every model at the same number of seeds.
-    todo = [(name, seed) for seed in range(study.seeds) for name in study.models if (name, seed) not in done]
-    for seed in sorted({seed for _, seed in todo}):
+
+    def run(name: str, seed: int, lr: float, phase: str) -> None:
+        if (name, seed, lr) in done:
+            return
         prepare_motion_data(study, seed)
-    for name, seed in todo:
-        row = _run_one(study, name, seed)
+        row = _run_one(study, name, seed, lr, phase)
         print(
-            f"{name} seed {seed}: top-1 {100 * row['top1']:.2f}% {row['clips_per_s']:.1f} clips/s "
+            f"{name} seed {seed} lr {lr:g}: top-1 {100 * row['top1']:.2f}% {row['clips_per_s']:.1f} clips/s "
             f"({row['seconds']:.0f}s)",
             flush=True,
         )
         with results.open("a") as file:
             file.write(json.dumps(row) + "\n")
-        done[(name, seed)] = row
-    return [row for key, row in done.items() if key[0] in study.models and key[1] < study.seeds]
+        done[(name, seed, lr)] = row
+
+    for lr in study.tune_lrs:
+        for name in study.models:
+            run(name, study.tune_seed, lr, "tune")
+    rates = {name: _lr_of(study, list(done.values()), name) for name in study.models}
+    # Seed-major: a study stopped early has every model at the same number of seeds.
+    for seed in range(study.seeds):
+        for name in study.models:
+            run(name, seed, rates[name], "eval")
+    return [done[(name, seed, rates[name])] for seed in range(study.seeds) for name in study.models]
+
+
+def tuning_markdown(rows: list[dict[str, Any]], study: ZooStudyConfig) -> str:
+    """The tuning runs as a markdown table: top-1 (validation loss) per model and candidate rate, the
+    chosen rate in bold; empty without ``tune_lrs``."""
+    if not study.tune_lrs:
+        return ""
+    lines = [
+        "| model | " + " | ".join(f"lr {lr:g}" for lr in study.tune_lrs) + " | chosen |",
+        "|---|" + "---|" * (len(study.tune_lrs) + 1),
+    ]
+    for name in study.models:
+        runs = {r["lr"]: r for r in rows if r["model"] == name and r["seed"] == study.tune_seed}
+        chosen = best_lr(rows, name, study.tune_lrs, study.tune_seed)
+        cells = []
+        for lr in study.tune_lrs:
+            if lr not in runs:
+                cells.append("-")
+                continue
+            cell = f"{_pct(runs[lr]['top1'])} ({runs[lr].get('nll', math.nan):.2f})"
+            cells.append(f"**{cell}**" if lr == chosen else cell)
+        lines.append(
+            f"| `{name}` | " + " | ".join(cells) + f" | {'-' if chosen is None else f'{chosen:g}'} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def summarize(
@@ -180,6 +294,7 @@ def summarize(
                 "model": name,
                 "description": MODELS.get(name, ""),
                 "seeds": len(runs),
+                "lr": runs[0].get("lr", math.nan),
                 "top1_mean": statistics.fmean(top1),
                 "top1_std": statistics.stdev(top1) if len(top1) > 1 else math.nan,
                 "params": stats.params,
@@ -200,16 +315,17 @@ def markdown(summary: list[dict[str, Any]]) -> str:
     """The summary as a markdown table; MACs and throughput also as ratios to ``sct_tiny`` when present."""
     base = next((row for row in summary if row["model"] == "sct_tiny"), None)
     lines = [
-        "| model | attention | params | MMACs (x sct_tiny) | train clips/s (x sct_tiny) | seeds "
+        "| model | attention | params | MMACs (x sct_tiny) | train clips/s (x sct_tiny) | lr | seeds "
         "| top-1 % (mean ± std) | per seed | s / run |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary:
         macs_ratio = f" ({row['macs'] / base['macs']:.2f}x)" if base else ""
         speed_ratio = f" ({row['clips_per_s'] / base['clips_per_s']:.2f}x)" if base else ""
         lines.append(
             f"| `{row['model']}` | {row['description']} | {row['params'] / 1e3:.1f}K | "
-            f"{row['macs'] / 1e6:.1f}{macs_ratio} | {row['clips_per_s']:.1f}{speed_ratio} | {row['seeds']} | "
+            f"{row['macs'] / 1e6:.1f}{macs_ratio} | {row['clips_per_s']:.1f}{speed_ratio} | {row['lr']:g} | "
+            f"{row['seeds']} | "
             f"{_pct(row['top1_mean'])} ± {_pct(row['top1_std'])} | "
             f"{', '.join(_pct(v) for v in row['per_seed'])} | {row['seconds']:.0f} |"
         )
