@@ -271,13 +271,23 @@ def _build_tiles(
     tile: tuple[int, ...],
     device: torch.device,
 ) -> NeighborhoodTiles:
-    def ones(*shape: int, dtype: torch.dtype = torch.long) -> torch.Tensor:
-        return torch.ones(shape, dtype=dtype, device=device)
+    def zeros(*shape: int) -> torch.Tensor:
+        return torch.zeros(shape, dtype=torch.long, device=device)
 
-    query, key, tile_of, slot_of = ones(1, 1) - 1, ones(1, 1) - 1, ones(1) - 1, ones(1) - 1
-    valid, mask = ones(1, 1, dtype=torch.bool), ones(1, 1, 1, dtype=torch.bool)
+    def true(*shape: int) -> torch.Tensor:
+        return torch.ones(shape, dtype=torch.bool, device=device)
+
+    # One tile of one slot and one key over zero axes, folded with each axis in turn.
+    query, key, tile_of, slot_of, valid, mask = (
+        zeros(1, 1),
+        zeros(1, 1),
+        zeros(1),
+        zeros(1),
+        true(1, 1),
+        true(1, 1, 1),
+    )
     tiles, boxes = [], []
-    # Fold the axes in one at a time: the N-d tile is the outer product of the per-axis tiles.
+    # The N-d tile is the outer product of the per-axis tiles.
     for size, k, d, c, t in zip(sizes, kernel, dilation, causal, tile, strict=True):
         axis, used_tile, used_box = _axis_tiles(size, k, d, c, t, device)
         tiles.append(used_tile)
