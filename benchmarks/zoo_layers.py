@@ -11,9 +11,9 @@ first stage at 224 x 224 with patch 4:
 * ``WindowAttention3D`` (Video Swin-T): 8 x 7 x 7 windows, shifted by (4, 3, 3) (Video Swin's shifted
   block; one window along time, so only the spatial shift applies).
 * ``WindowAttention3D, no shift``: the same windows unshifted (Video Swin's other block).
-* ``NeighborhoodAttention3D``: a 3 x 7 x 7 neighbourhood per query. Its mask is dense over all T*H*W
-  tokens, so at 25,088 tokens it needs 25088^2 mask entries and scores per head: it is skipped when the
-  scores would exceed ``--max-dense-gb``, and the table says why.
+* ``NeighborhoodAttention3D`` (NAT): a 3 x 7 x 7 neighbourhood per query, through the tiled kernel
+  (``chunkformer.ops.neighborhood_attention``, default tiles: each tile of queries attends to the key box
+  covering its queries' windows).
 
 Each layer's input shape is its own (B, T, H, W, C) or (B, T, N, C) view of the same tokens. The layers are
 timed in interleaved rounds after warm-up (every layer once per round), and the medians reported, so a drift
@@ -117,12 +117,6 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--grid", type=int, default=56, help="tokens per side of a frame")
     parser.add_argument("--dim", type=int, default=96)
     parser.add_argument("--heads", type=int, default=3)
-    parser.add_argument(
-        "--max-dense-gb",
-        type=float,
-        default=4.0,
-        help="skip NeighborhoodAttention3D when its dense fp32 scores (heads x L^2) would exceed this",
-    )
     parser.add_argument("--smoke", action="store_true", help="tiny grid (2 x 14 x 14), one repeat")
     parser.add_argument("--markdown-out", default=None)
     parser.add_argument("--json-out", default=None)
@@ -135,16 +129,7 @@ def main(argv: list[str] | None = None) -> str:
     layers = _layers(args.dim, args.heads, args.frames, args.grid)
     clip = torch.randn(1, args.frames, args.grid, args.grid, args.dim)
     inputs = {"thw": clip, "tn": clip.flatten(2, 3)}
-    length = args.frames * args.grid * args.grid
-    dense_gb = args.heads * length**2 * 4 / 1e9
-    skipped = {}
-    if dense_gb > args.max_dense_gb:
-        # A dense mask over every token pair of the clip: memory, not time, rules it out here.
-        skipped["NeighborhoodAttention3D"] = (
-            f"skipped: its dense mask over all {length} tokens needs {dense_gb:.1f} GB of fp32 scores "
-            f"(3 heads x {length}^2) per forward, > --max-dense-gb {args.max_dense_gb:g}"
-        )
-    timed = {name: entry for name, entry in layers.items() if name not in skipped}
+    timed = layers
     for layer, _, _ in timed.values():
         layer.train()  # training mode, as in a training step (LSH draws fresh rotations each call)
 
@@ -175,10 +160,6 @@ def main(argv: list[str] | None = None) -> str:
     ]
     payload = []
     for name, (_, _, sees) in layers.items():
-        if name in skipped:
-            lines.append(f"| `{name}` | {sees} | - | - | {skipped[name]} | - |")
-            payload.append({"layer": name, "skipped": skipped[name]})
-            continue
         fwd, bwd = (statistics.median(results[name][key]) for key in ("fwd", "bwd"))
         lines.append(
             f"| `{name}` | {sees} | {1e3 * fwd:.1f} | {1e3 * bwd:.1f} | {fwd / base['fwd']:.2f}x "

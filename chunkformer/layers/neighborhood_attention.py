@@ -1,4 +1,4 @@
-"""Neighbourhood attention (NATTEN semantics) on 2-D frames and 3-D clips, through a dense mask."""
+"""Neighbourhood attention (NATTEN semantics) on 2-D frames and 3-D clips, tiled as NATTEN's fused kernels."""
 
 from __future__ import annotations
 
@@ -9,44 +9,10 @@ from einops import rearrange
 
 from chunkformer.layers._checks import check_input, check_int_tuple
 from chunkformer.layers.attention import Attention
+from chunkformer.ops.neighborhood import neighborhood_attention, neighborhood_mask
 
-
-def _axis_mask(size: int, kernel: int, dilation: int, causal: bool, device: torch.device) -> torch.Tensor:
-    """(size, size) bool: key j is in query i's neighbourhood along one axis.
-
-    Positions with the same remainder modulo ``dilation`` form a sub-sequence; inside it the window of
-    ``kernel`` positions is centred on the query and clamped at the borders so that it stays full
-    (NATTEN's ``get_window_start``), or, causal, ends at the query.
-    """
-    position = torch.arange(size, device=device)
-    query, key = position[:, None], position[None, :]
-    same_group = query % dilation == key % dilation
-    q_index, k_index = query // dilation, key // dilation  # indices inside the dilation group
-    if causal:
-        return same_group & (k_index <= q_index) & (k_index > q_index - kernel)
-    group_size = (size - query % dilation + dilation - 1) // dilation
-    # A group shorter than the kernel (where NATTEN raises) gives a start of 0: the whole group.
-    start = torch.minimum(q_index - kernel // 2, group_size - kernel).clamp(min=0)
-    return same_group & (k_index >= start) & (k_index < start + kernel)
-
-
-def _neighborhood_mask(
-    sizes: tuple[int, ...],
-    kernel_size: tuple[int, ...],
-    dilation: tuple[int, ...],
-    is_causal: tuple[bool, ...],
-    device: torch.device,
-) -> torch.Tensor:
-    """(L, L) bool over row-major flattened positions: the product of the per-axis neighbourhoods."""
-    mask = torch.ones(1, 1, dtype=torch.bool, device=device)
-    for size, kernel, step, causal in zip(sizes, kernel_size, dilation, is_causal, strict=True):
-        axis = _axis_mask(size, kernel, step, causal, device)
-        mask = rearrange(mask[:, None, :, None] & axis[None, :, None, :], "a i b j -> (a i) (b j)")
-    return mask
-
-
-# Masks depend on the shape only; keep the last few (each is L * L bytes).
-_cached_neighborhood_mask = functools.lru_cache(maxsize=4)(_neighborhood_mask)
+# Dense masks depend on the shape only; keep the last few (each is L * L bytes).
+_cached_neighborhood_mask = functools.lru_cache(maxsize=4)(neighborhood_mask)
 
 
 class _NeighborhoodAttention(Attention):
@@ -64,6 +30,7 @@ class _NeighborhoodAttention(Attention):
         qkv_bias: bool = True,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        tile_size: int | tuple[int, ...] | None = None,
     ) -> None:
         super().__init__(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
         owner = type(self).__name__
@@ -91,19 +58,23 @@ class _NeighborhoodAttention(Attention):
                 f"{owner}: kernel_size must be odd along every axis that is not causal, as in NATTEN, got "
                 f"kernel_size {self.kernel_size} with is_causal {self.is_causal}"
             )
+        self.tile_size: tuple[int, ...] | None = (
+            None if tile_size is None else check_int_tuple(tile_size, rank, "tile_size", owner, axes=axes)
+        )
 
     def neighborhood_mask(
         self, sizes: tuple[int, ...], device: torch.device | str | None = None
     ) -> torch.Tensor:
-        """The (L, L) bool ``attn_mask`` for a grid of ``sizes``, L = prod(sizes), True = may attend.
+        """The dense (L, L) bool ``attn_mask`` for a grid of ``sizes``, L = prod(sizes), True = may attend.
 
-        Cached per shape and device in eager mode (the last 4); built inside the graph under
+        What the tiled kernel computes, as one mask (``forward`` never builds it): for tests and
+        inspection. Cached per shape and device in eager mode (the last 4); built inside the graph under
         ``torch.compile``.
         """
         device = torch.device("cpu") if device is None else torch.device(device)
         args = (tuple(sizes), self.kernel_size, self.dilation, self.is_causal, device)
         if torch.compiler.is_compiling():
-            return _neighborhood_mask(*args)
+            return neighborhood_mask(*args)
         return _cached_neighborhood_mask(*args)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -111,13 +82,23 @@ class _NeighborhoodAttention(Attention):
         check_input(x, type(self).__name__, {len(self._axes) + 2: layout}, self.dim)
         sizes = tuple(x.shape[1:-1])
         q, k, v = self._split_qkv(x, "b ... (three h d) -> three b h (...) d")
-        out = self._attend(q, k, v, self.neighborhood_mask(sizes, x.device))
-        return self._project_out(out).reshape(x.shape)
+        out = neighborhood_attention(
+            q,
+            k,
+            v,
+            sizes,
+            self.kernel_size,
+            self.dilation,
+            self.is_causal,
+            tile_size=self.tile_size,
+            dropout_p=self.attn_drop if self.training else 0.0,
+        )
+        return self._project_out(rearrange(out, "b h n d -> b n (h d)")).reshape(x.shape)
 
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, kernel_size={self.kernel_size}, dilation={self.dilation}, "
-            f"is_causal={self.is_causal}"
+            f"is_causal={self.is_causal}, tile_size={self.tile_size}"
         )
 
 
@@ -136,10 +117,13 @@ class NeighborhoodAttention2D(_NeighborhoodAttention):
 
     There is no relative position bias (NATTEN deprecated it).
 
-    Cost: this first version computes attention densely over all L tokens with an (L, L) bool mask from
-    index arithmetic (cached per shape): L * L * C multiply-adds for the logits and as many for the
-    output, and L * L bytes of mask, where a NATTEN kernel does L * prod(kernel_size) * C. It is exact, runs
-    on every backend of ``chunkformer.ops.attention``, and is meant for small grids and for tests.
+    Cost: tiled as NATTEN's fused kernels (``chunkformer.ops.neighborhood_attention``): queries are cut
+    into tiles of ``tile_size`` (per axis, consecutive members of one dilation group), and each tile
+    attends to the box of keys covering its queries' windows, box = tile_size + kernel_size - 1 per axis,
+    with the exact neighbourhood mask inside it. That is about L * prod(box) * C multiply-adds for the
+    logits and as many for the output (a NATTEN kernel does L * prod(kernel_size) * C), and a mask of
+    L * prod(box) bytes, cached per shape; no (L, L) tensor. It is exact for any ``tile_size``, and runs on
+    every backend of ``chunkformer.ops.attention``.
 
     Args:
         dim: token width C.
@@ -150,6 +134,9 @@ class NeighborhoodAttention2D(_NeighborhoodAttention):
         qkv_bias: add a bias to the query, key and value projections.
         attn_drop: dropout on the attention weights (training only).
         proj_drop: dropout after the output projection.
+        tile_size: query tile sides, an int or an (h, w) pair; None (default): about half the kernel, the
+            whole axis where it is at most twice the kernel (``chunkformer.ops.default_tile_size``). It
+            changes speed and memory, not the result.
 
     Shape:
         - x: (B, H, W, C) -> (B, H, W, C)
@@ -174,8 +161,11 @@ class NeighborhoodAttention2D(_NeighborhoodAttention):
         qkv_bias: bool = True,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        tile_size: int | tuple[int, int] | None = None,
     ) -> None:
-        super().__init__(dim, num_heads, kernel_size, dilation, is_causal, qkv_bias, attn_drop, proj_drop)
+        super().__init__(
+            dim, num_heads, kernel_size, dilation, is_causal, qkv_bias, attn_drop, proj_drop, tile_size
+        )
 
 
 class NeighborhoodAttention3D(_NeighborhoodAttention):
@@ -193,10 +183,13 @@ class NeighborhoodAttention3D(_NeighborhoodAttention):
 
     There is no relative position bias (NATTEN deprecated it).
 
-    Cost: this first version computes attention densely over all L tokens with an (L, L) bool mask from
-    index arithmetic (cached per shape): L * L * C multiply-adds for the logits and as many for the
-    output, and L * L bytes of mask, where a NATTEN kernel does L * prod(kernel_size) * C. It is exact, runs
-    on every backend of ``chunkformer.ops.attention``, and is meant for small grids and for tests.
+    Cost: tiled as NATTEN's fused kernels (``chunkformer.ops.neighborhood_attention``): queries are cut
+    into tiles of ``tile_size`` (per axis, consecutive members of one dilation group), and each tile
+    attends to the box of keys covering its queries' windows, box = tile_size + kernel_size - 1 per axis,
+    with the exact neighbourhood mask inside it. That is about L * prod(box) * C multiply-adds for the
+    logits and as many for the output (a NATTEN kernel does L * prod(kernel_size) * C), and a mask of
+    L * prod(box) bytes, cached per shape; no (L, L) tensor. It is exact for any ``tile_size``, and runs on
+    every backend of ``chunkformer.ops.attention``.
 
     For video, causal in time and centred in space is ``is_causal=(True, False, False)``.
 
@@ -209,6 +202,9 @@ class NeighborhoodAttention3D(_NeighborhoodAttention):
         qkv_bias: add a bias to the query, key and value projections.
         attn_drop: dropout on the attention weights (training only).
         proj_drop: dropout after the output projection.
+        tile_size: query tile sides, an int or a (t, h, w) triple; None (default): about half the kernel, the
+            whole axis where it is at most twice the kernel (``chunkformer.ops.default_tile_size``). It
+            changes speed and memory, not the result.
 
     Shape:
         - x: (B, T, H, W, C) -> (B, T, H, W, C)
@@ -233,5 +229,8 @@ class NeighborhoodAttention3D(_NeighborhoodAttention):
         qkv_bias: bool = True,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        tile_size: int | tuple[int, int, int] | None = None,
     ) -> None:
-        super().__init__(dim, num_heads, kernel_size, dilation, is_causal, qkv_bias, attn_drop, proj_drop)
+        super().__init__(
+            dim, num_heads, kernel_size, dilation, is_causal, qkv_bias, attn_drop, proj_drop, tile_size
+        )

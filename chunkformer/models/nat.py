@@ -82,8 +82,8 @@ class NeighborhoodVideoTransformer(VideoClassifier):
     """Isotropic 3-D neighbourhood attention over a clip's patch tokens, mean pooled.
 
     Any clip size works (no absolute position embedding): T, H and W are zero-padded at their ends to whole
-    patches. ``NeighborhoodAttention3D`` is dense underneath for now (an (L, L) mask over the L tokens of a
-    clip, see its docstring), so keep the token grid small.
+    patches. ``NeighborhoodAttention3D`` is tiled (see its docstring): each query pays for its tile's key
+    box, a few times the kernel, not for all L tokens of the clip.
 
     Args:
         config: the architecture.

@@ -44,11 +44,19 @@ class Case:
     causal: tuple[bool, ...]
     shape: tuple[int, ...]  # (B, *grid, C)
     seed: int
+    tile: tuple[int, ...] | None = None
 
     def module(self) -> Layer:
         cls = NeighborhoodAttention2D if len(self.kernel) == 2 else NeighborhoodAttention3D
         module = build(
-            lambda: cls(self.heads.dim, self.heads.num_heads, self.kernel, self.dilation, self.causal),
+            lambda: cls(
+                self.heads.dim,
+                self.heads.num_heads,
+                self.kernel,
+                self.dilation,
+                self.causal,
+                tile_size=self.tile,
+            ),
             self.seed,
         )
         randomize_(list(module.parameters()), self.seed + 7)
@@ -60,8 +68,8 @@ class Case:
 
 @st.composite
 def cases(draw: st.DrawFn, rank: int | None = None, fits: bool = False) -> Case:
-    """Odd kernels (any along causal axes), dilation 1-2, grids from one position to a few windows wide;
-    ``fits`` keeps every axis at least kernel * dilation long (NATTEN's domain)."""
+    """Odd kernels (any along causal axes), dilation 1-2, grids from one position to a few windows wide,
+    query tiles of any size; ``fits`` keeps every axis at least kernel * dilation long (NATTEN's domain)."""
     rank = draw(st.sampled_from([2, 3])) if rank is None else rank
     spec = draw(heads())
     causal = tuple(draw(st.booleans()) for _ in range(rank))
@@ -73,7 +81,9 @@ def cases(draw: st.DrawFn, rank: int | None = None, fits: bool = False) -> Case:
     if rank == 3 and math.prod(grid) > 60:
         grid = tuple(min(n, lo + 1) for n, lo in zip(grid, low, strict=True))
     shape = (draw(st.integers(1, 2)), *grid, spec.dim)
-    return Case(spec, kernel, dilation, causal, shape, draw(SEEDS))
+    # The default tiles, or any from one query to more than the grid.
+    tile = draw(st.none() | st.tuples(*(st.integers(1, 8) for _ in range(rank))))
+    return Case(spec, kernel, dilation, causal, shape, draw(SEEDS), tile)
 
 
 @FEW
@@ -198,6 +208,48 @@ def test_compiles_fullgraph() -> None:
     compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
     x = randn((1, 3, 4, 6, 8), 1)
     torch.testing.assert_close(compiled(x), module(x), atol=1e-6, rtol=1e-6)
+
+
+def test_training_with_attention_dropout_is_finite_and_random() -> None:
+    module = NeighborhoodAttention3D(8, 2, (3, 3, 3), attn_drop=0.5).train()
+    x = randn((2, 3, 5, 5, 8), 0).requires_grad_()
+    out = module(x)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
+    assert not torch.allclose(out, module(x))
+    module.eval()
+    torch.testing.assert_close(module(x), module(x))
+
+
+def test_flop_counter_sees_the_tiled_attention() -> None:
+    # FlopCounterMode on meta (chunkformer.models.stats) must count the attention over each tile's key box.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from chunkformer.ops import neighborhood_tiles
+
+    sizes, kernel, dim, heads = (4, 10, 10), (3, 5, 5), 16, 2
+    with torch.device("meta"):
+        module = NeighborhoodAttention3D(dim, heads, kernel)
+        x = torch.empty(1, *sizes, dim)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        module(x)
+    plan = neighborhood_tiles(sizes, kernel, device="meta")
+    length = math.prod(sizes)
+    attention_macs = 2 * plan.num_tiles * math.prod(plan.tile_size) * math.prod(plan.box_size) * dim
+    linear_macs = length * dim * 4 * dim
+    assert counter.get_total_flops() == 2 * (linear_macs + attention_macs)
+
+
+def test_bad_tile_size_raises() -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"NeighborhoodAttention3D: tile_size must be a positive int or a "
+        r"\(t, h, w\) triple of them, got a tuple of length 2: \(2, 2\)",
+    ):
+        NeighborhoodAttention3D(4, 2, 3, tile_size=(2, 2))
+    with pytest.raises(TypeError, match=r"NeighborhoodAttention2D: tile_size must be .*, got float 2.0"):
+        NeighborhoodAttention2D(4, 2, 3, tile_size=2.0)  # type: ignore[arg-type]
 
 
 def test_mask_is_cached_per_shape() -> None:
