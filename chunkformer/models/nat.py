@@ -58,13 +58,13 @@ class NATConfig:
 
     patch_size: tuple[int, int, int] = (1, 4, 4)
     in_chans: int = 3
-    dim: int = 64
+    dim: int = 32
     depth: int = 3
-    num_heads: int = 4
-    kernel_size: tuple[int, int, int] = (3, 5, 5)
+    num_heads: int = 2
+    kernel_size: tuple[int, int, int] = (3, 3, 3)
     dilation: tuple[int, int, int] = (1, 1, 1)
     is_causal_time: bool = False
-    mlp_ratio: float = 2.0
+    mlp_ratio: float = 1.5
     qkv_bias: bool = True
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
@@ -150,9 +150,9 @@ class NeighborhoodVideoTransformer(VideoClassifier):
 @register_model
 def nat_tiny(num_classes: int = 8, num_frames: int = 8, **overrides: Any) -> NeighborhoodVideoTransformer:
     """A small neighbourhood-attention video model for the motion data (8 frames of 32 x 32): patch
-    (1, 4, 4), so an 8 x 8 x 8 token grid, dim 64, 3 blocks, 4 heads, kernel (3, 5, 5), MLP 2x, PyTorch's
-    fan-in init for the Linear layers (as ``sct_tiny``). ``overrides``: ``img_size`` (32) or ``NATConfig``
-    fields."""
+    (1, 4, 4), so an 8 x 8 x 8 token grid, dim 32, 3 blocks, 2 heads, kernel (3, 3, 3), MLP 1.5x (1.10x
+    ``sct_tiny``'s MACs), PyTorch's fan-in init for the Linear layers (as ``sct_tiny``). ``overrides``:
+    ``img_size`` (32) or ``NATConfig`` fields."""
     model = build_preset(NeighborhoodVideoTransformer, NATConfig(), num_classes, num_frames, overrides, 32)
     fan_in_init(model)
     return model
