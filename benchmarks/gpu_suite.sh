@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one run of at most 8 minutes on one H200 (docs/benchmarks.md, "The GPU
 # suite"): the environment, the CUDA tests (Triton kernels compiled for the GPU, not interpreted), the LSH
-# benchmark at loads that fill a GPU (a), SCT-S's LSH layer against a ChunkAttention layer (b), the model
-# training-step table, and the recipe killed and resumed under torchrun. Run from anywhere:
+# benchmark at loads that fill a GPU (a), SCT-S's LSH layer against a ChunkAttention layer (b), every attention
+# layer of the library side by side (the zoo's and SCT's), the model training-step table, and the recipe
+# killed and resumed under torchrun. Run from anywhere:
 #
 #     bash benchmarks/gpu_suite.sh OUT            # on a CUDA machine with torch installed
 #     bash benchmarks/gpu_suite.sh OUT --smoke    # every step on the CPU at toy sizes, in under 2 minutes
@@ -101,7 +102,7 @@ if (( smoke )); then
 else
     lsh_common=(--device cuda --batch 4 --heads 8 --repeats 3 --in-process --hashes 1 4 --peak-dtype bf16
         --impls chunkformer-triton chunkformer-sdpa chunkformer-xformers reformer-pytorch hf-reformer)
-    lsh_runs=("bf16 16384 30" "bf16 65536 45" "fp32 16384 20" "fp32 65536 35")
+    lsh_runs=("bf16 16384 30" "bf16 65536 45" "fp32 16384 20" "fp32 65536 30")
     lsh_shape=(--batch 4 --heads 8)
 fi
 for run in "${lsh_runs[@]}"; do
@@ -127,6 +128,15 @@ if (( smoke )); then
 else
     step lsh_layer 30 "$py" benchmarks/lsh_layer.py --device cuda --frames 64 --side 56 --hashes 1 4 \
         --dtypes bf16 fp32 --repeats 3 --markdown-out "$out/lsh_layer.md"
+fi
+
+# Every attention layer (SCT's and the zoo's) on 8 frames of 56 x 56 tokens, C 96: a batch of 8 in bf16 on
+# the GPU, forward and forward+backward, peak memory.
+if (( smoke )); then
+    step zoo_layers 15 "$py" benchmarks/zoo_layers.py --smoke --threads 2 --markdown-out "$out/zoo_layers.md"
+else
+    step zoo_layers 20 "$py" benchmarks/zoo_layers.py --device cuda --dtype bf16 --batch 8 --repeats 5 \
+        --markdown-out "$out/zoo_layers.md"
 fi
 
 # The model table: a training step (forward + backward + AdamW) under bf16 autocast.
@@ -155,7 +165,7 @@ if (( smoke )); then
     step recipe_resume 45 "$py" benchmarks/recipe_resume.py "$out/recipe-runs" --device cpu --size tiny \
         --amp bf16 --timeout 40 --markdown-out "$out/recipe_resume.md"
 else
-    step recipe_resume 90 "$py" benchmarks/recipe_resume.py "$out/recipe-runs" --device cuda --size small \
+    step recipe_resume 75 "$py" benchmarks/recipe_resume.py "$out/recipe-runs" --device cuda --size small \
         --amp fp16 bf16 --timeout 30 --markdown-out "$out/recipe_resume.md"
 fi
 grep "^[a-z0-9]*: max abs loss difference" "$out/recipe_resume.log"
@@ -166,7 +176,7 @@ grep "^[a-z0-9]*: max abs loss difference" "$out/recipe_resume.log"
     echo '```'
     cat "$out/environment.log" "$out/timings.txt"
     echo '```'
-    for table in lsh_bf16 lsh_fp32 lsh_layer models_eager models_eager_8 models_eager_24 models_compile \
+    for table in lsh_bf16 lsh_fp32 lsh_layer zoo_layers models_eager models_eager_8 models_eager_24 models_compile \
         models_checkpointing recipe_resume; do
         [[ -s "$out/$table.md" ]] && { echo; echo "## $table"; echo; cat "$out/$table.md"; }
     done

@@ -1,7 +1,7 @@
 """Every attention layer of the library side by side on one video token grid: forward and forward+backward.
 
-The layers (C = 96, 3 heads, fp32, batch 1) on 8 frames of 56 x 56 tokens, the grid of a video model's
-first stage at 224 x 224 with patch 4:
+The layers (C = 96, 3 heads, fp32, batch 1 on the CPU) on 8 frames of 56 x 56 tokens, the grid of a video
+model's first stage at 224 x 224 with patch 4:
 
 * ``ChunkAttention`` (SCT): 7 x 7 windows per frame.
 * ``ShiftedAttention`` (SCT): per-frame attention over all 3136 tokens, keys from frame t - 1.
@@ -17,11 +17,17 @@ first stage at 224 x 224 with patch 4:
 
 Each layer's input shape is its own (B, T, H, W, C) or (B, T, N, C) view of the same tokens. The layers are
 timed in interleaved rounds after warm-up (every layer once per round), and the medians reported, so a drift
-of the machine's speed hits every layer alike. ``--smoke`` runs a tiny grid (2 x 14 x 14) in a second.
+of the machine's speed hits every layer alike. Peak memory is measured in a pass of its own after the
+timing (one forward+backward per layer): the CUDA allocator's peak over what was allocated before, or on the
+CPU the growth of the process's resident memory. On CUDA (``--device cuda``) layers and inputs are cast to
+``--dtype`` (no autocast) and ``--batch`` clips fill the GPU (the GPU suite runs bf16, batch 8). A layer that
+fails (out of memory, a dtype a kernel lacks) gets a row saying why. ``--smoke`` runs a tiny grid
+(2 x 14 x 14) in a second.
 
 Usage::
 
     python benchmarks/zoo_layers.py --threads 1 --repeats 5 --markdown-out zoo_layers.md
+    python benchmarks/zoo_layers.py --device cuda --dtype bf16 --batch 8 --markdown-out zoo_layers.md
     python benchmarks/zoo_layers.py --smoke
 """
 
@@ -34,7 +40,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from _common import cpu_name, write_outputs
+from _common import PeakRSS, cpu_name, write_outputs
 from torch import nn
 
 from chunkformer.layers import (
@@ -100,12 +106,41 @@ def _layers(dim: int, heads: int, frames: int, grid: int) -> dict[str, tuple[nn.
     }
 
 
-def _time(fn: Callable[[], torch.Tensor], backward: bool) -> float:
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn: Callable[[], torch.Tensor], backward: bool, device: str) -> float:
+    _sync(device)
     start = time.perf_counter()
     out = fn()
     if backward:
-        out.sum().backward()
+        out.float().sum().backward()
+    _sync(device)
     return time.perf_counter() - start
+
+
+def _peak_mb(layer: nn.Module, x: torch.Tensor, device: str) -> float:
+    """Memory of one forward+backward beyond what was allocated before (inputs and weights excluded)."""
+    x = x.detach().requires_grad_()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated()
+        layer(x).float().sum().backward()
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - baseline) / 2**20
+    else:
+        with PeakRSS() as memory:
+            layer(x).float().sum().backward()
+        peak = memory.peak_mb
+    layer.zero_grad(set_to_none=True)
+    return peak
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -117,6 +152,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--grid", type=int, default=56, help="tokens per side of a frame")
     parser.add_argument("--dim", type=int, default=96)
     parser.add_argument("--heads", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=1, help="clips per call")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
     parser.add_argument("--smoke", action="store_true", help="tiny grid (2 x 14 x 14), one repeat")
     parser.add_argument("--markdown-out", default=None)
     parser.add_argument("--json-out", default=None)
@@ -125,47 +163,83 @@ def main(argv: list[str] | None = None) -> str:
         args.frames, args.grid, args.repeats, args.warmup = 2, 14, 1, 0
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device, dtype = args.device, DTYPES[args.dtype]
 
     layers = _layers(args.dim, args.heads, args.frames, args.grid)
-    clip = torch.randn(1, args.frames, args.grid, args.grid, args.dim)
+    clip = torch.randn(args.batch, args.frames, args.grid, args.grid, args.dim).to(device, dtype)
     inputs = {"thw": clip, "tn": clip.flatten(2, 3)}
-    timed = layers
-    for layer, _, _ in timed.values():
-        layer.train()  # training mode, as in a training step (LSH draws fresh rotations each call)
+    for layer, _, _ in layers.values():
+        # Training mode, as in a training step (LSH draws fresh rotations each call).
+        layer.to(device, dtype).train()
 
-    results: dict[str, dict[str, list[float]]] = {name: {"fwd": [], "bwd": []} for name in timed}
+    failed: dict[str, str] = {}
+    results: dict[str, dict[str, list[float]]] = {name: {"fwd": [], "bwd": []} for name in layers}
     for round_ in range(args.warmup + args.repeats):
-        for name, (layer, layout, _) in timed.items():
+        for name, (layer, layout, _) in layers.items():
+            if name in failed:
+                continue
             x = inputs[layout]
-            with torch.no_grad():
-                forward = _time(lambda layer=layer, x=x: layer(x), backward=False)
-            x_grad = x.detach().requires_grad_()
-            both = _time(lambda layer=layer, x_grad=x_grad: layer(x_grad), backward=True)
-            layer.zero_grad(set_to_none=True)
+            try:
+                with torch.no_grad():
+                    forward = _time(lambda layer=layer, x=x: layer(x), False, device)
+                x_grad = x.detach().requires_grad_()
+                both = _time(lambda layer=layer, x_grad=x_grad: layer(x_grad), True, device)
+            except (RuntimeError, NotImplementedError) as error:  # out of memory, a dtype without a kernel
+                failed[name] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:100]}"
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            finally:
+                layer.zero_grad(set_to_none=True)
             if round_ >= args.warmup:
                 results[name]["fwd"].append(forward)
                 results[name]["bwd"].append(both)
+    peaks = {
+        name: _peak_mb(layer, inputs[layout], device)
+        for name, (layer, layout, _) in layers.items()
+        if name not in failed
+    }
 
+    if "ChunkAttention" in failed:
+        raise SystemExit(f"ChunkAttention, the baseline of every ratio, {failed['ChunkAttention']}")
     base = {key: statistics.median(results["ChunkAttention"][key]) for key in ("fwd", "bwd")}
+    machine = (
+        f"{torch.cuda.get_device_name()} (host {cpu_name()})"
+        if device == "cuda"
+        else f"{cpu_name()}, {args.threads} thread(s)"
+    )
+    memory = "CUDA allocator peak" if device == "cuda" else "growth of resident memory"
     header = (
-        f"Machine: {cpu_name()}, {args.threads} thread(s); torch {torch.__version__}; batch 1, "
-        f"{args.frames} frames of {args.grid}x{args.grid} tokens, C={args.dim}, {args.heads} heads, fp32, "
-        f"training mode; median of {args.repeats} interleaved rounds after {args.warmup} warm-up\n"
+        f"Machine: {machine}; torch {torch.__version__}; batch {args.batch}, "
+        f"{args.frames} frames of {args.grid}x{args.grid} tokens, C={args.dim}, {args.heads} heads, "
+        f"{args.dtype}, training mode; median of {args.repeats} interleaved rounds after {args.warmup} "
+        f"warm-up; peak MB: {memory} of one forward+backward\n"
         f"Command: `python benchmarks/zoo_layers.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n"
     )
     lines = [
-        "| layer | one query attends to | forward (ms) | fwd+bwd (ms) | forward / ChunkAttention "
+        "| layer | one query attends to | forward (ms) | fwd+bwd (ms) | peak MB | forward / ChunkAttention "
         "| fwd+bwd / ChunkAttention |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     payload = []
     for name, (_, _, sees) in layers.items():
+        if name in failed:
+            lines.append(f"| `{name}` | {sees} | {failed[name]} | | | | |")
+            payload.append({"layer": name, "failed": failed[name]})
+            continue
         fwd, bwd = (statistics.median(results[name][key]) for key in ("fwd", "bwd"))
         lines.append(
-            f"| `{name}` | {sees} | {1e3 * fwd:.1f} | {1e3 * bwd:.1f} | {fwd / base['fwd']:.2f}x "
-            f"| {bwd / base['bwd']:.2f}x |"
+            f"| `{name}` | {sees} | {1e3 * fwd:.1f} | {1e3 * bwd:.1f} | {peaks[name]:.0f} | "
+            f"{fwd / base['fwd']:.2f}x | {bwd / base['bwd']:.2f}x |"
         )
-        payload.append({"layer": name, "forward_s": results[name]["fwd"], "fwd_bwd_s": results[name]["bwd"]})
+        payload.append(
+            {
+                "layer": name,
+                "forward_s": results[name]["fwd"],
+                "fwd_bwd_s": results[name]["bwd"],
+                "peak_mb": peaks[name],
+            }
+        )
     table = header + "\n" + "\n".join(lines)
     write_outputs(table, args.markdown_out, args.json_out, payload)
     return table

@@ -26,6 +26,7 @@ ROWS = {
     "lsh_bf16.md": rf"\| 256 \| 1 \| chunkformer-sdpa \| {NUMBER} \|",
     "lsh_fp32.md": rf"\| 256 \| 2 \| chunkformer-triton \| {NUMBER} \|",
     "lsh_layer.md": rf"\| bf16 \| LSHAttention, 2 rounds \| {NUMBER} \|.*x \|",
+    "zoo_layers.md": rf"\| `NeighborhoodAttention3D` \| 1x7x7 neighbourhood \| {NUMBER} \| {NUMBER} \|",
     "models_eager.md": rf"\| sct_tiny \| bf16 \| eager \| 2 \| {NUMBER}M \|",
     "models_checkpointing.md": r"\| sct_tiny \| bf16 \| eager, gradient checkpointing \| 2 \| \d",
     "recipe_resume.md": r"\| bf16 \| 8 \| 3 \| 0 \|",
