@@ -18,11 +18,11 @@ model's first stage at 224 x 224 with patch 4:
 Each layer's input shape is its own (B, T, H, W, C) or (B, T, N, C) view of the same tokens. The layers are
 timed in interleaved rounds after warm-up (every layer once per round), and the medians reported, so a drift
 of the machine's speed hits every layer alike. Peak memory is measured in a pass of its own after the
-timing (one forward+backward per layer): the CUDA allocator's peak over what was allocated before, or on the
-CPU the growth of the process's resident memory. On CUDA (``--device cuda``) layers and inputs are cast to
-``--dtype`` (no autocast) and ``--batch`` clips fill the GPU (the GPU suite runs bf16, batch 8). A layer that
-fails (out of memory, a dtype a kernel lacks) gets a row saying why. ``--smoke`` runs a tiny grid
-(2 x 14 x 14) in a second.
+timing (one forward+backward per layer) on CUDA only: the allocator's peak over what was allocated before
+(on the CPU, resident memory freed by the timing rounds is reused, so its growth says nothing). On CUDA
+(``--device cuda``) layers and inputs are cast to ``--dtype`` (no autocast) and ``--batch`` clips fill the
+GPU (the GPU suite runs bf16, batch 8). A layer that fails (out of memory, a dtype a kernel lacks) gets a
+row saying why. ``--smoke`` runs a tiny grid (2 x 14 x 14) in a second.
 
 Usage::
 
@@ -34,13 +34,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
 from collections.abc import Callable
 
 import torch
-from _common import PeakRSS, cpu_name, write_outputs
+from _common import cpu_name, write_outputs
 from torch import nn
 
 from chunkformer.layers import (
@@ -125,22 +126,19 @@ def _time(fn: Callable[[], torch.Tensor], backward: bool, device: str) -> float:
 
 
 def _peak_mb(layer: nn.Module, x: torch.Tensor, device: str) -> float:
-    """Memory of one forward+backward beyond what was allocated before (inputs and weights excluded)."""
+    """CUDA allocator peak of one forward+backward beyond what was allocated before (inputs and weights
+    excluded); NaN on the CPU, where resident memory freed by the timing rounds is reused and hides it."""
+    if device != "cuda":
+        return math.nan
     x = x.detach().requires_grad_()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        baseline = torch.cuda.memory_allocated()
-        layer(x).float().sum().backward()
-        torch.cuda.synchronize()
-        peak = (torch.cuda.max_memory_allocated() - baseline) / 2**20
-    else:
-        with PeakRSS() as memory:
-            layer(x).float().sum().backward()
-        peak = memory.peak_mb
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    baseline = torch.cuda.memory_allocated()
+    layer(x).float().sum().backward()
+    torch.cuda.synchronize()
     layer.zero_grad(set_to_none=True)
-    return peak
+    return (torch.cuda.max_memory_allocated() - baseline) / 2**20
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -208,7 +206,7 @@ def main(argv: list[str] | None = None) -> str:
         if device == "cuda"
         else f"{cpu_name()}, {args.threads} thread(s)"
     )
-    memory = "CUDA allocator peak" if device == "cuda" else "growth of resident memory"
+    memory = "CUDA allocator peak" if device == "cuda" else "CUDA only"
     header = (
         f"Machine: {machine}; torch {torch.__version__}; batch {args.batch}, "
         f"{args.frames} frames of {args.grid}x{args.grid} tokens, C={args.dim}, {args.heads} heads, "
@@ -229,7 +227,8 @@ def main(argv: list[str] | None = None) -> str:
             continue
         fwd, bwd = (statistics.median(results[name][key]) for key in ("fwd", "bwd"))
         lines.append(
-            f"| `{name}` | {sees} | {1e3 * fwd:.1f} | {1e3 * bwd:.1f} | {peaks[name]:.0f} | "
+            f"| `{name}` | {sees} | {1e3 * fwd:.1f} | {1e3 * bwd:.1f} | "
+            f"{'-' if math.isnan(peaks[name]) else f'{peaks[name]:.0f}'} | "
             f"{fwd / base['fwd']:.2f}x | {bwd / base['bwd']:.2f}x |"
         )
         payload.append(

@@ -77,6 +77,41 @@ def test_matches_reference(case: Case) -> None:
     torch.testing.assert_close(module(x), window_attention_3d_reference(module, x), atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize(
+    ("window", "shift", "sizes"),
+    [
+        # Ragged by one along H and W: 3 rows of padding, rolled by the shift, straddle two windows.
+        ((2, 4, 4), (1, 2, 2), (3, 5, 9)),
+        # Several whole windows along each axis and a shift on each: interior windows have no mask.
+        ((2, 3, 3), (1, 1, 2), (6, 9, 7)),
+    ],
+)
+def test_matches_reference_with_several_windows_per_axis(
+    window: Triple, shift: Triple, sizes: Triple
+) -> None:
+    # The hypothesis cases have at most 3 windows per axis; these cut more, so windows fall into groups of
+    # different masks (interior, cut by the shift, holding padding) that the layer batches separately.
+    case = Case(Heads(8, 2), window, shift, (2, *sizes, 8), 3)
+    module = case.module().double()
+    x = case.input(torch.float64)
+    torch.testing.assert_close(module(x), window_attention_3d_reference(module, x), atol=1e-10, rtol=1e-10)
+
+
+def test_video_swin_t_windows_fall_into_four_mask_groups() -> None:
+    # 8 x 56 x 56 tokens, (8, 7, 7) windows shifted by (4, 3, 3): one window along T, so no shift there;
+    # along H and W the last of 8 windows is cut. 49 windows need no mask, 7 + 7 + 1 share one each.
+    module = WindowAttention3D(96, 3, (8, 7, 7), (4, 3, 3))
+    groups = module._window_groups((8, 56, 56), (8, 56, 56), (0, 3, 3))
+    assert sorted(len(indices) for indices, _ in groups) == [1, 7, 7, 49]
+    assert sorted(index for indices, _ in groups for index in indices) == list(range(64))
+    assert [masked for indices, masked in groups if len(indices) == 49] == [False]
+    # Within a group, every window has the mask of Video Swin's compute_mask (as _allowed builds it).
+    allowed = module._allowed((8, 56, 56), (8, 56, 56), (0, 3, 3), torch.device("cpu"))
+    for indices, masked in groups:
+        assert all(torch.equal(allowed[index], allowed[indices[0]]) for index in indices)
+        assert bool(allowed[indices[0]].all()) is not masked
+
+
 @FEW
 @given(case=cases(shifted=False))
 def test_without_shift_each_window_alone_gives_the_same_output(case: Case) -> None:
@@ -153,19 +188,26 @@ def test_gradient_reaches_every_parameter(shift: Triple) -> None:
     assert_gradients_reach_all_parameters(module, module(case.input()), case.seed + 3)
 
 
+# (3, 5, 4) in (2, 2, 3) windows: 12 windows in 8 mask groups, one attention call per group; (4, 4, 6): 8
+# windows, each its own mask, in one call with the windows folded into the heads.
+PATHS = pytest.mark.parametrize("sizes", [(3, 5, 4), (4, 4, 6)])
+
+
+@PATHS
 @pytest.mark.parametrize("shift", [(0, 0, 0), (1, 1, 1)])
-def test_runs_on_meta_device(shift: Triple) -> None:
+def test_runs_on_meta_device(shift: Triple, sizes: Triple) -> None:
     with torch.device("meta"):
-        out = WindowAttention3D(8, 2, (2, 2, 3), shift)(torch.empty(2, 3, 5, 4, 8))
-    assert out.device.type == "meta" and out.shape == (2, 3, 5, 4, 8)
+        out = WindowAttention3D(8, 2, (2, 2, 3), shift)(torch.empty(2, *sizes, 8))
+    assert out.device.type == "meta" and out.shape == (2, *sizes, 8)
 
 
-def test_compiles_fullgraph() -> None:
+@PATHS
+def test_compiles_fullgraph(sizes: Triple) -> None:
     torch._dynamo.reset()
-    module = Case(Heads(8, 2), (2, 2, 3), (1, 1, 1), (1, 3, 5, 4, 8), 0).module()
+    module = Case(Heads(8, 2), (2, 2, 3), (1, 1, 1), (1, *sizes, 8), 0).module()
     compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
-    # Shifted and padded: the mask path, the one with shape-dependent Python, traces without a graph break.
-    x = randn((1, 3, 5, 4, 8), 1)
+    # Shifted and padded: the mask paths, the ones with shape-dependent Python, trace without a graph break.
+    x = randn((1, *sizes, 8), 1)
     torch.testing.assert_close(compiled(x), module(x), atol=1e-6, rtol=1e-6)
 
 
