@@ -8,13 +8,19 @@ mode (fresh rotations per call), loss ``out.float().sum()``; ``forward`` is trai
 ``torch.no_grad`` (the same rotation draws). Layers and inputs are cast to the dtype (no autocast), so both
 layers run the same precision end to end.
 
+``--backends`` lists the attention dispatch backends the LSH layer runs on, side by side (``use_backend``;
+``auto`` is automatic selection, the block path on every device; ``triton`` the fused Triton kernels, which on
+CPU need ``TRITON_INTERPRET=1`` in the environment before the start). The Chunk layer runs once per dtype,
+on ``auto``. A backend that refuses the inputs gives a row that says why.
+
 The ratio columns divide the LSH layer's time by the Chunk layer's, from the same run: the issue's target
 is <= 2x (fwd+bwd, bf16, on the GPU). Peak memory: the CUDA allocator's peak over the inputs on CUDA, the
 growth of resident memory on CPU.
 
 Usage::
 
-    python benchmarks/lsh_layer.py --device cuda --dtypes bf16 fp32 --hashes 1 4 --markdown-out layer.md
+    python benchmarks/lsh_layer.py --device cuda --dtypes bf16 fp32 --hashes 1 4 --backends auto triton \
+        --markdown-out layer.md
     python benchmarks/lsh_layer.py --frames 2 --side 14 --repeats 1        # CPU smoke size
 """
 
@@ -43,7 +49,7 @@ def _layer(kind: str, args: argparse.Namespace, n_hashes: int):
     )
 
 
-def _cell(kind: str, n_hashes: int, dtype: str, args: argparse.Namespace) -> dict:
+def _cell(kind: str, n_hashes: int, dtype: str, backend: str, args: argparse.Namespace) -> dict:
     import torch
 
     from chunkformer.ops import use_backend
@@ -65,7 +71,7 @@ def _cell(kind: str, n_hashes: int, dtype: str, args: argparse.Namespace) -> dic
         x.grad = None
         layer(x).float().sum().backward()
 
-    with use_backend(args.backend):
+    with use_backend(backend):
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
@@ -91,6 +97,7 @@ def _cell(kind: str, n_hashes: int, dtype: str, args: argparse.Namespace) -> dic
         "kind": kind,
         "n_hashes": n_hashes if kind == "lsh" else None,
         "dtype": dtype,
+        "backend": backend,
         "forward_s": statistics.median(forward),
         "fwd_bwd_s": statistics.median(backward),
         "peak_mb": peak_mb,
@@ -109,24 +116,45 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bucket", type=int, default=49)
     parser.add_argument("--chunk", type=int, default=7)
     parser.add_argument(
-        "--backend", default=None, help="pin the attention dispatch's backend (default: auto)"
+        "--backends",
+        nargs="+",
+        default=["auto"],
+        help="attention dispatch backends for the LSH layer, side by side: auto (default) or ones of "
+        "chunkformer.ops.BACKENDS",
     )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--markdown-out", default=None)
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args(argv)
+    from chunkformer.ops import BACKENDS
+
+    unknown = [name for name in args.backends if name not in ("auto", *BACKENDS)]
+    if unknown:
+        parser.error(f"--backends: expected auto or one of {', '.join(BACKENDS)}, got {', '.join(unknown)}")
 
     import torch
 
     torch.set_num_threads(args.threads)
     rows = []
     for dtype in args.dtypes:
-        for kind, n_hashes in [("chunk", 0), *(("lsh", n) for n in args.hashes)]:
+        cells = [("chunk", 0, "auto")]
+        cells += [("lsh", n, backend) for backend in args.backends for n in args.hashes]
+        for kind, n_hashes, backend in cells:
             try:
-                rows.append(_cell(kind, n_hashes, dtype, args))
-            except Exception as error:  # out of memory, an unsupported dtype: a row that says so
-                rows.append({"kind": kind, "n_hashes": n_hashes, "dtype": dtype, "failed": str(error)[:120]})
+                rows.append(_cell(kind, n_hashes, dtype, backend, args))
+            except (
+                Exception
+            ) as error:  # out of memory, an unsupported dtype, a refused backend: a row says so
+                rows.append(
+                    {
+                        "kind": kind,
+                        "n_hashes": n_hashes,
+                        "dtype": dtype,
+                        "backend": backend,
+                        "failed": str(error)[:120],
+                    }
+                )
             finally:
                 if args.device == "cuda":
                     torch.cuda.empty_cache()
@@ -140,14 +168,15 @@ def main(argv: list[str] | None = None) -> None:
     peak = matmul_peak_gflops(args.threads, args.device, "bfloat16")
     tokens = args.side * args.side
     lines = [
-        f"Machine: {machine}; torch {torch.__version__}; backend {args.backend or 'auto'}; bf16 GEMM peak "
-        f"measured {peak:.1f} GFLOP/s. {args.frames} frames of {args.side} x {args.side} = {tokens} tokens, "
+        f"Machine: {machine}; torch {torch.__version__}; bf16 GEMM peak measured {peak:.1f} GFLOP/s."
+        f" {args.frames} frames of {args.side} x {args.side} = {tokens} tokens, "
         f"dim {args.dim} = {args.heads} heads x {args.dim // args.heads}, bucket {args.bucket}, chunk "
         f"{args.chunk} x {args.chunk}.",
         f"Command: `python benchmarks/lsh_layer.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
         "",
-        "| dtype | layer | forward (s) | fwd+bwd (s) | peak MB | LSH / Chunk (fwd) | LSH / Chunk (fwd+bwd) |",
-        "|---|---|---|---|---|---|---|",
+        "| dtype | layer | backend | forward (s) | fwd+bwd (s) | peak MB | LSH / Chunk (fwd) "
+        "| LSH / Chunk (fwd+bwd) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for dtype in args.dtypes:
         chunk = next(
@@ -155,16 +184,17 @@ def main(argv: list[str] | None = None) -> None:
         )
         for row in (r for r in rows if r["dtype"] == dtype):
             name = "ChunkAttention" if row["kind"] == "chunk" else f"LSHAttention, {row['n_hashes']} rounds"
+            head = f"| {dtype} | {name} | {row['backend']} |"
             if "failed" in row:
                 reason = " ".join(row["failed"].split()).replace("|", "/")
-                lines.append(f"| {dtype} | {name} | failed: {reason} | | | | |")
+                lines.append(f"{head} failed: {reason} | | | | |")
                 continue
             ratios = ["-", "-"]
             if chunk and row["kind"] == "lsh":
                 ratios = [f"{row[key] / chunk[key]:.2f}x" for key in ("forward_s", "fwd_bwd_s")]
             lines.append(
-                f"| {dtype} | {name} | {row['forward_s']:.4f} | {row['fwd_bwd_s']:.4f} | "
-                f"{row['peak_mb']:.0f} | {ratios[0]} | {ratios[1]} |"
+                f"{head} {row['forward_s']:.4f} | {row['fwd_bwd_s']:.4f} | {row['peak_mb']:.0f} | "
+                f"{ratios[0]} | {ratios[1]} |"
             )
     write_outputs("\n".join(lines), args.markdown_out, args.json_out, {"peak_gflops": peak, "rows": rows})
 

@@ -19,12 +19,18 @@ memory from the CUDA allocator (``--in-process`` then serves every cell from one
 wraps the model in ``torch.compile`` (its compilation happens in the untimed warm-up step) and
 ``--grad-checkpointing`` recomputes blocks in backward (``model.set_grad_checkpointing()``).
 
+``--backend`` pins the attention dispatch (``chunkformer.ops.use_backend``) for every cell, in its subprocess
+too: ``triton`` runs SCT's LSH layers on the fused Triton kernels (on CUDA; on CPU only under
+``TRITON_INTERPRET=1``), ``sdpa`` / ``xformers`` / ``math`` the block path on that kernel. Default: automatic.
+
 Usage::
 
     python benchmarks/models.py --frames 8 --img-size 224 --repeats 3 --markdown-out models.md
     python benchmarks/models.py --frames 2 --img-size 64 --repeats 1        # smoke test
     python benchmarks/models.py --device cuda --in-process --mode train-step --precisions bf16 --batch 8 \
         --frames 8 --compile                                                  # the GPU suite's table
+    python benchmarks/models.py --device cuda --in-process --mode train-step --precisions bf16 --batch 4 \
+        --frames 8 --models sct_s --backend triton                           # LSH on the Triton kernels
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ def _train_step_cell(name: str, precision: str, args: argparse.Namespace) -> dic
 
     from chunkformer.models import create_model
     from chunkformer.models.stats import count
+    from chunkformer.ops import use_backend
 
     cuda = args.device == "cuda"
     torch.manual_seed(0)
@@ -84,25 +91,27 @@ def _train_step_cell(name: str, precision: str, args: argparse.Namespace) -> dic
         return time.perf_counter()
 
     # The first step compiles (with --compile) and creates the optimizer state: untimed, but its peak is
-    # the one training sees (the states exist from then on).
-    start = clock()
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        baseline = torch.cuda.memory_allocated()
-        step()
-        torch.cuda.synchronize()
-        peak_mb = (torch.cuda.max_memory_allocated() - baseline) / 2**20
-    else:
-        with PeakRSS() as memory:
-            step()
-        peak_mb = memory.peak_mb
-    first_s = clock() - start
-    times = []
-    for _ in range(args.repeats):
+    # the one training sees (the states exist from then on). Steps run on the pinned backend; the MAC count
+    # above ran on the meta device, which the Triton kernels refuse.
+    with use_backend(args.backend):
         start = clock()
-        step()
-        times.append(clock() - start)
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            baseline = torch.cuda.memory_allocated()
+            step()
+            torch.cuda.synchronize()
+            peak_mb = (torch.cuda.max_memory_allocated() - baseline) / 2**20
+        else:
+            with PeakRSS() as memory:
+                step()
+            peak_mb = memory.peak_mb
+        first_s = clock() - start
+        times = []
+        for _ in range(args.repeats):
+            start = clock()
+            step()
+            times.append(clock() - start)
     return {
         "model": name,
         "precision": precision,
@@ -114,13 +123,16 @@ def _train_step_cell(name: str, precision: str, args: argparse.Namespace) -> dic
     }
 
 
-def _cell(name: str, precision: str, frames: int, img_size: int, repeats: int, threads: int) -> dict:
+def _cell(
+    name: str, precision: str, frames: int, img_size: int, repeats: int, threads: int, backend: str | None
+) -> dict:
     import contextlib
 
     import torch
 
     from chunkformer.models import create_model
     from chunkformer.models.stats import count
+    from chunkformer.ops import use_backend
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -145,15 +157,17 @@ def _cell(name: str, precision: str, frames: int, img_size: int, repeats: int, t
             loss = model(clip).float().sum()
         loss.backward()
 
-    with PeakRSS() as memory:
-        forward_backward()
-    peak_mb = memory.peak_mb
-    times = {"forward": [], "fwd_bwd": []}
-    for _ in range(repeats):
-        for label, run in (("forward", forward), ("fwd_bwd", forward_backward)):
-            start = time.perf_counter()
-            run()
-            times[label].append(time.perf_counter() - start)
+    # On the pinned backend; the MAC count above ran on the meta device, which the Triton kernels refuse.
+    with use_backend(backend):
+        with PeakRSS() as memory:
+            forward_backward()
+        peak_mb = memory.peak_mb
+        times = {"forward": [], "fwd_bwd": []}
+        for _ in range(repeats):
+            for label, run in (("forward", forward), ("fwd_bwd", forward_backward)):
+                start = time.perf_counter()
+                run()
+                times[label].append(time.perf_counter() - start)
     return {
         "model": name,
         "precision": precision,
@@ -184,6 +198,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--in-process", action="store_true", help="run the cells in this process (CUDA: allocator peaks)"
     )
+    parser.add_argument(
+        "--backend", default=None, help="pin the attention dispatch's backend for every cell (default: auto)"
+    )
     parser.add_argument("--cell", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.mode == "fwd-bwd" and (args.device != "cpu" or args.compile or args.grad_checkpointing):
@@ -191,13 +208,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.in_process and args.device == "cpu":
         parser.error("--in-process measures peak memory with the CUDA allocator: it needs --device cuda")
 
+    if args.backend is not None:
+        from chunkformer.ops import BACKENDS
+
+        if args.backend not in ("auto", *BACKENDS):
+            parser.error(f"--backend: expected auto or one of {', '.join(BACKENDS)}, got {args.backend}")
+
     def run_cell(name: str, precision: str) -> dict:
         if args.mode == "train-step":
             import torch
 
             torch.set_num_threads(args.threads)
             return _train_step_cell(name, precision, args)
-        return _cell(name, precision, args.frames, args.img_size, args.repeats, args.threads)
+        return _cell(name, precision, args.frames, args.img_size, args.repeats, args.threads, args.backend)
 
     if args.cell:
         name, precision = args.cell.split(":")
@@ -241,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
                 str(args.batch),
                 *(["--compile"] if args.compile else []),
                 *(["--grad-checkpointing"] if args.grad_checkpointing else []),
+                *(["--backend", args.backend] if args.backend is not None else []),
             ]
             try:
                 done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
@@ -259,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         f"Machine: {cpu_name()}, {args.threads} threads; torch {torch.__version__}; "
         f"fp32 GEMM peak measured {peak:.1f} GFLOP/s. One clip 1 x 3 x {args.frames} x {args.img_size} x "
-        f"{args.img_size}.",
+        f"{args.img_size}; attention backend {args.backend or 'auto'}.",
         f"Command: `python benchmarks/models.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
         "",
         "| model | precision | params | all GMACs | forward (s) | fwd+bwd (s) | peak MB (fwd+bwd) "
@@ -292,6 +316,8 @@ def _train_step_table(
     variant = ("torch.compile" if args.compile else "eager") + (
         ", gradient checkpointing" if args.grad_checkpointing else ""
     )
+    if args.backend is not None:
+        variant += f", backend {args.backend}"
     lines = [
         f"Machine: {machine}; torch {torch.__version__}; bf16 GEMM peak measured {peak:.1f} GFLOP/s. "
         f"Training step (forward + backward + AdamW), {variant}, {args.batch} x 3 x {args.frames} x "

@@ -21,16 +21,18 @@ if not shutil.which("bash") or not shutil.which("timeout"):
     pytest.skip("the suite is a bash script using coreutils' timeout", allow_module_level=True)
 
 NUMBER = r"\d+(\.\d+)?"
-# A measured row of each table (not a "failed:" row), by file.
-ROWS = {
-    "lsh_bf16.md": rf"\| 256 \| 1 \| chunkformer-sdpa \| {NUMBER} \|",
-    "lsh_fp32.md": rf"\| 256 \| 2 \| chunkformer-triton \| {NUMBER} \|",
-    "lsh_layer.md": rf"\| bf16 \| LSHAttention, 2 rounds \| {NUMBER} \|.*x \|",
-    "zoo_layers.md": rf"\| `NeighborhoodAttention3D` \| 1x7x7 neighbourhood \| {NUMBER} \| {NUMBER} \|",
-    "models_eager.md": rf"\| sct_tiny \| bf16 \| eager \| 2 \| {NUMBER}M \|",
-    "models_checkpointing.md": r"\| sct_tiny \| bf16 \| eager, gradient checkpointing \| 2 \| \d",
-    "recipe_resume.md": r"\| bf16 \| 8 \| 3 \| 0 \|",
-}
+# Measured rows of each table (not "failed:" rows), by file.
+ROWS = [
+    ("lsh_bf16.md", rf"\| 256 \| 1 \| chunkformer-sdpa \| {NUMBER} \|"),
+    ("lsh_fp32.md", rf"\| 256 \| 2 \| chunkformer-triton \| {NUMBER} \|"),
+    ("lsh_layer.md", rf"\| bf16 \| LSHAttention, 2 rounds \| auto \| {NUMBER} \|.*x \|"),
+    ("lsh_layer.md", rf"\| fp32 \| LSHAttention, 2 rounds \| triton \| {NUMBER} \|.*x \|"),
+    ("zoo_layers.md", rf"\| `NeighborhoodAttention3D` \| 1x7x7 neighbourhood \| {NUMBER} \| {NUMBER} \|"),
+    ("models_eager.md", rf"\| sct_tiny \| bf16 \| eager \| 2 \| {NUMBER}M \|"),
+    ("models_checkpointing.md", r"\| sct_tiny \| bf16 \| eager, gradient checkpointing \| 2 \| \d"),
+    ("models_triton.md", rf"\| sct_s \| bf16 \| eager, backend triton \| 1 \| {NUMBER}M \|"),
+    ("recipe_resume.md", r"\| bf16 \| 8 \| 3 \| 0 \|"),
+]
 
 
 def test_gpu_suite_smoke_mode_writes_every_table(tmp_path: Path) -> None:
@@ -44,7 +46,7 @@ def test_gpu_suite_smoke_mode_writes_every_table(tmp_path: Path) -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for name, row in ROWS.items():
+    for name, row in ROWS:
         text = (out / name).read_text()
         assert re.search(row, text), f"{name} has no row matching {row!r}:\n{text}"
     for figure in ("lsh_bf16.png", "lsh_fp32.png"):

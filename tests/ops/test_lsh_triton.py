@@ -1,29 +1,47 @@
-"""The fused Triton LSH kernels (backend ``"triton"``), run on CPU through Triton's interpreter.
+"""The fused Triton LSH kernels (backend ``"triton"``): compiled on CUDA where torch sees a GPU, else run on
+CPU through Triton's interpreter.
 
 They are compared with today's block path (``"sdpa"``: PyTorch's CPU flash kernels on gathered blocks) and
 with the package's slow reference, :func:`chunkformer.ops.lsh_attention_reference`: per-round outputs and
 log-sum-exps, merged outputs, gradients, strict causality bit for bit, padding, shared QK, de-duplication
 across rounds, float32 and bfloat16 inputs, and the deterministic backward.
 
-``TRITON_INTERPRET=1`` is set here, before anything imports Triton (Triton reads it when a kernel is
-decorated). The interpreter is slow: sizes are tiny (B 1-2, 2 heads, N 24-32, bucket 4-8, d 8-16, 1-3 rounds).
-No GPU has run these kernels yet.
+Where they run: the Triton side of every comparison runs on ``DEVICE`` (``"cuda"`` when available, else
+``"cpu"``); the comparison side (today's path, the float64 reference) stays on CPU, and results are compared
+there. Without CUDA, ``TRITON_INTERPRET=1`` is set here, before anything imports Triton (Triton reads it when
+a kernel is decorated). The interpreter is slow: sizes are tiny (B 1-2, 2 heads, N 24-32, bucket 4-8, d
+8-16, 1-3 rounds).
+
+Where the backend refuses ``DEVICE`` the module skips, or with ``CHUNKFORMER_REQUIRE_TRITON=1`` (the GPU suite
+sets it) fails at collection with the reasons.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import math
 import os
+from collections.abc import Iterator
+from unittest import mock
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
 
-import math  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+# Compiled on a GPU; else interpreted, which needs TRITON_INTERPRET before anything imports Triton (importing
+# torch does not; importing chunkformer does, through torch._dynamo).
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+# The GPU suite sets this: there a refusal means the kernels went untested, which must fail, not skip.
+REQUIRE_VAR = "CHUNKFORMER_REQUIRE_TRITON"
+REQUIRED = os.environ.get(REQUIRE_VAR, "").strip() == "1"
 
-pytest.importorskip("triton", reason="triton is not installed (pip install 'chunkformer[test]')")
+if not REQUIRED:
+    pytest.importorskip("triton", reason="triton is not installed (pip install 'chunkformer[test]')")
 
+import chunkformer.ops.lsh_kernel as lsh_kernel  # noqa: E402
 from chunkformer.ops import (  # noqa: E402
     available_backends,
     current_backend,
@@ -33,6 +51,7 @@ from chunkformer.ops import (  # noqa: E402
     use_backend,
 )
 from chunkformer.ops.block_attention import BLOCK_KERNELS, block_forward, select_block_kernel  # noqa: E402
+from chunkformer.ops.lsh import LSHLayout, random_rotations  # noqa: E402
 from chunkformer.ops.lsh_kernel import _hash_rounds, _lay_out  # noqa: E402
 from chunkformer.ops.lsh_merge import RoundMerge  # noqa: E402
 from chunkformer.ops.lsh_pieces import PieceRows  # noqa: E402
@@ -41,8 +60,16 @@ from chunkformer.ops.lsh_rounds import BlockRounds  # noqa: E402
 from chunkformer.ops.lsh_shared_qk import unit_keys  # noqa: E402
 from chunkformer.ops.triton_support import triton_device_reasons, triton_reasons  # noqa: E402
 
-# Set to something else, or Triton imported before this module: the kernels cannot run on CPU here.
-_REFUSED = triton_device_reasons("cpu", torch.float32)
+# On CPU: TRITON_INTERPRET set to something else, or Triton imported before this module (a test run without
+# tests/conftest.py); on CUDA: Triton not installed or broken.
+_REFUSED = list(dict.fromkeys(triton_reasons() + triton_device_reasons(DEVICE, torch.float32)))
+if _REFUSED and REQUIRED:
+    how = "compiled" if DEVICE == "cuda" else "interpreted"
+    pytest.fail(
+        f"{REQUIRE_VAR}=1: expected the Triton LSH kernels to run on {DEVICE} ({how}), but the backend "
+        f"refuses: {'; '.join(_REFUSED)}",
+        pytrace=False,
+    )
 pytestmark = pytest.mark.skipif(bool(_REFUSED), reason="; ".join(_REFUSED))
 
 # Float32 results of two kernels that sum in different orders.
@@ -76,6 +103,23 @@ def inputs(
     return q, None if shared_qk else k, v, mask
 
 
+@contextlib.contextmanager
+def rotations_as_on_cpu(device: str) -> Iterator[None]:
+    """lsh_attention draws its rotations from a generator on the inputs' device (seed 0 when none is given),
+    and a CUDA generator draws other numbers than a CPU one with the same seed. Off CPU, draw them on CPU from
+    the generator's seed and move them, so the Triton side hashes as today's path and the reference do."""
+    if device == "cpu":
+        yield
+        return
+
+    def drawn_on_cpu(head_dim, n_hashes, n_buckets, generator, device):
+        on_cpu = torch.Generator().manual_seed(generator.initial_seed())
+        return random_rotations(head_dim, n_hashes, n_buckets, on_cpu, torch.device("cpu")).to(device)
+
+    with mock.patch.object(lsh_kernel, "random_rotations", drawn_on_cpu):
+        yield
+
+
 def run(
     backend: str,
     q: torch.Tensor,
@@ -84,14 +128,20 @@ def run(
     grad_out: torch.Tensor | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Output and (when ``grad_out`` is given) the gradients of q, k (if given) and v on ``backend``."""
-    leaves = [x.detach().clone().requires_grad_(grad_out is not None) for x in (q, k, v) if x is not None]
+    """Output and (when ``grad_out`` is given) the gradients of q, k (if given) and v on ``backend``, from CPU
+    inputs: ``"triton"`` runs on DEVICE, every other backend on CPU; the results come back on CPU."""
+    device = DEVICE if backend == "triton" else "cpu"
+    if kwargs.get("key_padding_mask") is not None:
+        kwargs = {**kwargs, "key_padding_mask": kwargs["key_padding_mask"].to(device)}
+    grad = grad_out is not None
+    leaves = [x.detach().to(device, copy=True).requires_grad_(grad) for x in (q, k, v) if x is not None]
     q_, k_, v_ = leaves if k is not None else (leaves[0], None, leaves[1])
-    with use_backend(backend):
+    with use_backend(backend), rotations_as_on_cpu(device):
         out = lsh_attention(q_, k_, v_, **kwargs)
     if grad_out is None:
-        return out.detach(), []
-    return out.detach(), list(torch.autograd.grad(out, leaves, grad_out))
+        return out.detach().cpu(), []
+    grads = torch.autograd.grad(out, leaves, grad_out.to(device))
+    return out.detach().cpu(), [grad.cpu() for grad in grads]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -112,10 +162,24 @@ def block_path_rounds(q, k, v, layout, scale):
         yield lse, out.masked_fill(torch.isneginf(lse)[..., None], 0.0)
 
 
+def on_device(layout: LSHLayout) -> LSHLayout:
+    """``layout`` with its tensors on DEVICE: a layout is a dataclass of index tensors, flags and counts."""
+    tensors = {
+        field.name: value.to(DEVICE)
+        for field in dataclasses.fields(layout)
+        if isinstance(value := getattr(layout, field.name), torch.Tensor)
+    }
+    return dataclasses.replace(layout, **tensors)
+
+
 def triton_path_rounds(q, k, v, layout, scale, shared_qk):
+    """The Triton kernels' rounds on DEVICE, from CPU inputs and a CPU layout; each round copied to CPU (the
+    kernels reuse their buffers)."""
+    layout = on_device(layout)
     tables = lsh_triton.kernel_tables(layout)
+    q, k, v = (x.to(DEVICE) for x in (q, k, v))
     for lse, out in lsh_triton.triton_rounds(q, k, v, layout, tables, scale, shared_qk):
-        yield lse.clone(), out.clone()
+        yield lse.to("cpu", copy=True), out.to("cpu", copy=True)
 
 
 def layout_of(q, k, bucket_size, n_hashes, n_buckets, causal, shared_qk, mask):
@@ -246,17 +310,25 @@ def test_strictly_causal_bit_for_bit(shared_qk: bool) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def test_bfloat16_inputs_compute_as_float32_and_round_once() -> None:
-    """In the interpreter bf16 operands are cast to float32 before tl.dot (its bf16 dot is wrong): the bf16
-    result is the float32 result of the same (bf16-valued) inputs, rounded; today's bf16 path is close."""
+def test_bfloat16_inputs_against_float32_and_today() -> None:
+    """bf16 inputs give bf16 outputs and gradients close to the float32 result of the same (bf16-valued)
+    inputs and to today's bf16 path. In the interpreter, whose bf16 tl.dot is wrong, operands are cast to
+    float32 before tl.dot: there the bf16 result is the float32 one rounded once, exactly."""
     q, k, v, _ = inputs(7, (1, 2, 32, 16), False, dtype=torch.bfloat16)
     kwargs = {"bucket_size": 8, "n_hashes": 2, "n_buckets": 4}
+    # The Triton side hashes on DEVICE and today's path on CPU: the same buckets while no token is near a tie.
+    assert reference_hash_margin(q, k, **kwargs) > 1e-4
     grad_out = torch.randn(v.shape, generator=torch.Generator().manual_seed(8)).to(torch.bfloat16)
     out, grads = run("triton", q, k, v, grad_out, **kwargs)
     assert out.dtype == torch.bfloat16 and all(g.dtype == torch.bfloat16 for g in grads)
     out32, grads32 = run("triton", q.float(), k.float(), v.float(), grad_out.float(), **kwargs)
     bf16 = {"rtol": 1.6e-2, "atol": 1e-2}
-    torch.testing.assert_close(out, out32.to(torch.bfloat16), rtol=0, atol=0)
+    if DEVICE == "cpu":
+        torch.testing.assert_close(out, out32.to(torch.bfloat16), rtol=0, atol=0)
+    else:
+        # Compiled, tl.dot takes bf16 operands (the weights rounded to bf16) and accumulates in float32: the
+        # result is close to float32's, as today's bf16 path is, not equal to it rounded.
+        torch.testing.assert_close(out.float(), out32, **bf16)
     for got, expected in zip(grads, grads32, strict=True):
         torch.testing.assert_close(got.float(), expected, **bf16)
     today, today_grads = run("sdpa", q, k, v, grad_out, **kwargs)
@@ -319,25 +391,28 @@ def test_triton_is_selected_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> 
     q, k, v, _ = inputs(11, (1, 1, 8, 8), False)
     # Automatic selection on CPU is unchanged: SDPA's flash kernels on blocks.
     assert current_backend(q, k, v) == "sdpa"
-    lsh_attention(q, k, v, bucket_size=4, n_hashes=1)
+    # Nor is Triton chosen automatically on DEVICE (the same tensors on CPU).
+    on_device_qkv = [x.to(DEVICE) for x in (q, k, v)]
+    assert current_backend(*on_device_qkv) != "triton"
+    lsh_attention(*on_device_qkv, bucket_size=4, n_hashes=1)
     assert not calls
     run("triton", q, k, v, bucket_size=4, n_hashes=1)
     assert len(calls) == 1
     monkeypatch.setenv("CHUNKFORMER_ATTN_BACKEND", "triton")
-    lsh_attention(q, k, v, bucket_size=4, n_hashes=1)
+    lsh_attention(*on_device_qkv, bucket_size=4, n_hashes=1)
     assert len(calls) == 2
 
 
 def test_dropout_and_float64_fall_back_to_the_math_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert select_block_kernel("triton", "cpu", 0.0, torch.float32).name == "triton"
-    assert select_block_kernel("triton", "cpu", 0.1, torch.float32).name == "math"
-    assert select_block_kernel("triton", "cpu", 0.0, torch.float64).name == "math"
-    reasons = BLOCK_KERNELS["triton"].not_supported_reasons("cpu", torch.float64, 0.1)
+    assert select_block_kernel("triton", DEVICE, 0.0, torch.float32).name == "triton"
+    assert select_block_kernel("triton", DEVICE, 0.1, torch.float32).name == "math"
+    assert select_block_kernel("triton", DEVICE, 0.0, torch.float64).name == "math"
+    reasons = BLOCK_KERNELS["triton"].not_supported_reasons(DEVICE, torch.float64, 0.1)
     assert any("float64" in reason for reason in reasons)
     assert any("dropout" in reason for reason in reasons)
     calls = spy_on_triton(monkeypatch)
-    q, k, v, _ = inputs(12, (1, 1, 8, 8), False)
-    generator = torch.Generator().manual_seed(0)
+    q, k, v = (x.to(DEVICE) for x in inputs(12, (1, 1, 8, 8), False)[:3])
+    generator = torch.Generator(device=DEVICE).manual_seed(0)
     with use_backend("triton"):
         out = lsh_attention(q, k, v, bucket_size=4, n_hashes=1, dropout_p=0.1, generator=generator)
     assert not calls and out.shape == v.shape
