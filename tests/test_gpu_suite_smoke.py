@@ -31,7 +31,9 @@ ROWS = [
     ("models_eager.md", rf"\| sct_tiny \| bf16 \| eager \| 2 \| {NUMBER}M \|"),
     ("models_checkpointing.md", r"\| sct_tiny \| bf16 \| eager, gradient checkpointing \| 2 \| \d"),
     ("models_triton.md", rf"\| sct_s \| bf16 \| eager, backend triton \| 1 \| {NUMBER}M \|"),
-    ("recipe_resume.md", r"\| bf16 \| 8 \| 3 \| 0 \|"),
+    # 8 steps, resumed from the checkpoint the kill left (the kill lands once step 2 is logged; on a busy
+    # machine a few steps later), and the losses after it equal the uninterrupted run's.
+    ("recipe_resume.md", r"\| bf16 \| 8 \| [1-7] \| [1-7] \| 0 \|"),
 ]
 
 
