@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 
 
 def cpu_name() -> str:
@@ -52,6 +53,24 @@ class PeakRSS:
     @property
     def peak_mb(self) -> float:
         return (self.peak - self.baseline) / 2**20
+
+
+def peak_mb(fn: Callable[[], object], cuda: bool) -> float:
+    """Memory one call of ``fn`` needs beyond what was allocated before: the CUDA allocator's peak on the
+    GPU, the growth of resident memory (``PeakRSS``) on the CPU."""
+    if not cuda:
+        with PeakRSS() as memory:
+            fn()
+        return memory.peak_mb
+    import torch
+
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    baseline = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - baseline) / 2**20
 
 
 def matmul_peak_gflops(threads: int, device: str = "cpu", dtype: str = "float32") -> float:

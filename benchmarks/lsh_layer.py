@@ -33,7 +33,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import PeakRSS, cpu_name, matmul_peak_gflops, write_outputs  # noqa: E402
+from _common import cpu_name, matmul_peak_gflops, peak_mb, write_outputs  # noqa: E402
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -72,18 +72,7 @@ def _cell(kind: str, n_hashes: int, dtype: str, backend: str, args: argparse.Nam
         layer(x).float().sum().backward()
 
     with use_backend(backend):
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            baseline = torch.cuda.memory_allocated()
-            both()
-            torch.cuda.synchronize()
-            peak_mb = (torch.cuda.max_memory_allocated() - baseline) / 2**20
-        else:
-            with PeakRSS() as memory:
-                both()
-            peak_mb = memory.peak_mb
+        peak = peak_mb(both, cuda)
         forward, backward = [], []
         for _ in range(args.repeats):
             with torch.no_grad():
@@ -100,7 +89,7 @@ def _cell(kind: str, n_hashes: int, dtype: str, backend: str, args: argparse.Nam
         "backend": backend,
         "forward_s": statistics.median(forward),
         "fwd_bwd_s": statistics.median(backward),
-        "peak_mb": peak_mb,
+        "peak_mb": peak,
     }
 
 

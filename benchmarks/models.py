@@ -43,7 +43,7 @@ import subprocess
 import sys
 import time
 
-from _common import PeakRSS, cpu_name, matmul_peak_gflops, write_outputs
+from _common import cpu_name, matmul_peak_gflops, peak_mb, write_outputs
 
 MODELS = ("sct_s", "sct_m", "sct_l", "vit_b16_sct")
 PRECISIONS = ("fp32", "bf16")
@@ -95,17 +95,7 @@ def _train_step_cell(name: str, precision: str, args: argparse.Namespace) -> dic
     # above ran on the meta device, which the Triton kernels refuse.
     with use_backend(args.backend):
         start = clock()
-        if cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            baseline = torch.cuda.memory_allocated()
-            step()
-            torch.cuda.synchronize()
-            peak_mb = (torch.cuda.max_memory_allocated() - baseline) / 2**20
-        else:
-            with PeakRSS() as memory:
-                step()
-            peak_mb = memory.peak_mb
+        peak = peak_mb(step, cuda)
         first_s = clock() - start
         times = []
         for _ in range(args.repeats):
@@ -119,7 +109,7 @@ def _train_step_cell(name: str, precision: str, args: argparse.Namespace) -> dic
         "gmacs": macs / 1e9,
         "first_step_s": first_s,
         "step_s": statistics.median(times),
-        "peak_mb": peak_mb,
+        "peak_mb": peak,
     }
 
 
@@ -159,9 +149,7 @@ def _cell(
 
     # On the pinned backend; the MAC count above ran on the meta device, which the Triton kernels refuse.
     with use_backend(backend):
-        with PeakRSS() as memory:
-            forward_backward()
-        peak_mb = memory.peak_mb
+        peak = peak_mb(forward_backward, cuda=False)
         times = {"forward": [], "fwd_bwd": []}
         for _ in range(repeats):
             for label, run in (("forward", forward), ("fwd_bwd", forward_backward)):
@@ -175,7 +163,7 @@ def _cell(
         "gmacs": macs / 1e9,
         "forward_s": statistics.median(times["forward"]),
         "fwd_bwd_s": statistics.median(times["fwd_bwd"]),
-        "peak_mb": peak_mb,
+        "peak_mb": peak,
     }
 
 
