@@ -136,7 +136,12 @@ class NeighborhoodAttention2D(_NeighborhoodAttention):
     to every axis, as in NATTEN. Along an axis shorter than kernel_size * dilation, where NATTEN raises,
     each query sees all positions of its dilation group there.
 
-    There is no relative position bias (NATTEN deprecated it).
+    ``rel_pos_bias=True`` adds NATTEN's learned relative position bias (NAT, DiNAT): a parameter ``rpb`` of
+    (num_heads, 2 kh - 1, 2 kw - 1), one bias per head and per offset of the key from the query (in steps of
+    ``dilation``), added to the attention logits. It is the layer's only position information: without it
+    the softmax knows what a key holds, not where in the window it lies. Off by default (NATTEN's current
+    default); not with ``is_causal``, as in NATTEN. It costs a float bias per tile and, on the CPU, SDPA's
+    unfused path (see ``docs/zoo.md``).
 
     Cost: tiled as NATTEN's fused kernels (``chunkformer.ops.neighborhood_attention``): queries are cut
     into tiles of ``tile_size`` (per axis, consecutive members of one dilation group), and each tile
@@ -158,6 +163,7 @@ class NeighborhoodAttention2D(_NeighborhoodAttention):
         tile_size: query tile sides, an int or an (h, w) pair; None (default): about half the kernel, the
             whole axis where it is at most twice the kernel (``chunkformer.ops.default_tile_size``). It
             changes speed and memory, not the result.
+        rel_pos_bias: learn NATTEN's relative position bias ``rpb`` (initialised trunc_normal, std 0.02).
 
     Shape:
         - x: (B, H, W, C) -> (B, H, W, C)
@@ -212,7 +218,12 @@ class NeighborhoodAttention3D(_NeighborhoodAttention):
     to every axis, as in NATTEN. Along an axis shorter than kernel_size * dilation, where NATTEN raises,
     each query sees all positions of its dilation group there.
 
-    There is no relative position bias (NATTEN deprecated it).
+    ``rel_pos_bias=True`` adds NATTEN's learned relative position bias (NAT, DiNAT): a parameter ``rpb`` of
+    (num_heads, 2 kt - 1, 2 kh - 1, 2 kw - 1), one bias per head and per offset of the key from the query
+    (in steps of ``dilation``), added to the attention logits. It is the layer's only position
+    information: without it the softmax knows what a key holds, not where in the window it lies. Off by
+    default (NATTEN's current default); not with ``is_causal``, as in NATTEN. It costs a float bias per
+    tile and, on the CPU, SDPA's unfused path (see ``docs/zoo.md``).
 
     Cost: tiled as NATTEN's fused kernels (``chunkformer.ops.neighborhood_attention``): queries are cut
     into tiles of ``tile_size`` (per axis, consecutive members of one dilation group), and each tile
@@ -236,6 +247,7 @@ class NeighborhoodAttention3D(_NeighborhoodAttention):
         tile_size: query tile sides, an int or a (t, h, w) triple; None (default): about half the kernel, the
             whole axis where it is at most twice the kernel (``chunkformer.ops.default_tile_size``). It
             changes speed and memory, not the result.
+        rel_pos_bias: learn NATTEN's relative position bias ``rpb`` (initialised trunc_normal, std 0.02).
 
     Shape:
         - x: (B, T, H, W, C) -> (B, T, H, W, C)
