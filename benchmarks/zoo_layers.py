@@ -13,7 +13,8 @@ model's first stage at 224 x 224 with patch 4:
 * ``WindowAttention3D, no shift``: the same windows unshifted (Video Swin's other block).
 * ``NeighborhoodAttention3D`` (NAT): a 3 x 7 x 7 neighbourhood per query, through the tiled kernel
   (``chunkformer.ops.neighborhood_attention``, default tiles: each tile of queries attends to the key box
-  covering its queries' windows).
+  covering its queries' windows). ``--rel-pos-bias`` adds a row with NATTEN's relative position bias on
+  (``rel_pos_bias=True``), timed in the same rounds.
 
 Each layer's input shape is its own (B, T, H, W, C) or (B, T, N, C) view of the same tokens. The layers are
 timed in interleaved rounds after warm-up (every layer once per round), and the medians reported, so a drift
@@ -55,14 +56,16 @@ from chunkformer.layers import (
 )
 
 
-def _layers(dim: int, heads: int, frames: int, grid: int) -> dict[str, tuple[nn.Module, str, str]]:
+def _layers(
+    dim: int, heads: int, frames: int, grid: int, rel_pos_bias: bool = False
+) -> dict[str, tuple[nn.Module, str, str]]:
     """name -> (layer, input layout, what it attends to)."""
     tokens = grid * grid
     chunk = min(7, grid)
     window = (min(8, frames), chunk, chunk)
     # Odd sides (NATTEN centres the window on the query); at most the grid along each axis.
     kernel = (3 if frames >= 3 else 1, chunk, chunk)
-    return {
+    layers = {
         "ChunkAttention": (
             ChunkAttention(dim, heads, chunk_size=chunk),
             "thw",
@@ -105,6 +108,13 @@ def _layers(dim: int, heads: int, frames: int, grid: int) -> dict[str, tuple[nn.
             f"{'x'.join(map(str, kernel))} neighbourhood",
         ),
     }
+    if rel_pos_bias:
+        layers["NeighborhoodAttention3D, rpb"] = (
+            NeighborhoodAttention3D(dim, heads, kernel_size=kernel, rel_pos_bias=True),
+            "thw",
+            f"{'x'.join(map(str, kernel))} neighbourhood, relative position bias",
+        )
+    return layers
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -154,6 +164,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
     parser.add_argument("--smoke", action="store_true", help="tiny grid (2 x 14 x 14), one repeat")
+    parser.add_argument(
+        "--rel-pos-bias", action="store_true", help="add NeighborhoodAttention3D with rel_pos_bias=True"
+    )
     parser.add_argument("--markdown-out", default=None)
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args(argv)
@@ -163,7 +176,7 @@ def main(argv: list[str] | None = None) -> str:
     torch.manual_seed(0)
     device, dtype = args.device, DTYPES[args.dtype]
 
-    layers = _layers(args.dim, args.heads, args.frames, args.grid)
+    layers = _layers(args.dim, args.heads, args.frames, args.grid, args.rel_pos_bias)
     clip = torch.randn(args.batch, args.frames, args.grid, args.grid, args.dim).to(device, dtype)
     inputs = {"thw": clip, "tn": clip.flatten(2, 3)}
     for layer, _, _ in layers.values():

@@ -6,6 +6,7 @@ import functools
 
 import torch
 from einops import rearrange
+from torch import nn
 
 from chunkformer.layers._checks import check_input, check_int_tuple
 from chunkformer.layers.attention import Attention
@@ -31,6 +32,7 @@ class _NeighborhoodAttention(Attention):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         tile_size: int | tuple[int, ...] | None = None,
+        rel_pos_bias: bool = False,
     ) -> None:
         super().__init__(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
         owner = type(self).__name__
@@ -61,6 +63,24 @@ class _NeighborhoodAttention(Attention):
         self.tile_size: tuple[int, ...] | None = (
             None if tile_size is None else check_int_tuple(tile_size, rank, "tile_size", owner, axes=axes)
         )
+        if not isinstance(rel_pos_bias, bool):
+            raise TypeError(
+                f"{owner}: rel_pos_bias must be a bool, got {type(rel_pos_bias).__name__} {rel_pos_bias!r}"
+            )
+        if rel_pos_bias and any(self.is_causal):
+            # NATTEN leaves it undefined (a causal window's offsets would reach only half of the table).
+            raise NotImplementedError(
+                f"{owner}: rel_pos_bias is undefined with causal masking, as in NATTEN; got "
+                f"rel_pos_bias=True with is_causal {self.is_causal}. Disable one of them"
+            )
+        self.rpb: nn.Parameter | None
+        if rel_pos_bias:
+            # NATTEN's table and init: one bias per head and per offset, 2 k - 1 offsets along each axis.
+            self.rpb = nn.Parameter(torch.empty(num_heads, *(2 * k - 1 for k in self.kernel_size)))
+            nn.init.trunc_normal_(self.rpb, std=0.02, a=-2.0, b=2.0)
+        else:
+            # Registered as None (as NATTEN does): ``layer.rpb`` exists and the state dict has no entry.
+            self.register_parameter("rpb", None)
 
     def neighborhood_mask(
         self, sizes: tuple[int, ...], device: torch.device | str | None = None
@@ -90,6 +110,7 @@ class _NeighborhoodAttention(Attention):
             self.kernel_size,
             self.dilation,
             self.is_causal,
+            rpb=self.rpb,
             tile_size=self.tile_size,
             dropout_p=self.attn_drop if self.training else 0.0,
         )
@@ -98,7 +119,7 @@ class _NeighborhoodAttention(Attention):
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, kernel_size={self.kernel_size}, dilation={self.dilation}, "
-            f"is_causal={self.is_causal}, tile_size={self.tile_size}"
+            f"is_causal={self.is_causal}, rel_pos_bias={self.rpb is not None}, tile_size={self.tile_size}"
         )
 
 
@@ -115,7 +136,12 @@ class NeighborhoodAttention2D(_NeighborhoodAttention):
     to every axis, as in NATTEN. Along an axis shorter than kernel_size * dilation, where NATTEN raises,
     each query sees all positions of its dilation group there.
 
-    There is no relative position bias (NATTEN deprecated it).
+    ``rel_pos_bias=True`` adds NATTEN's learned relative position bias (NAT, DiNAT): a parameter ``rpb`` of
+    (num_heads, 2 kh - 1, 2 kw - 1), one bias per head and per offset of the key from the query (in steps of
+    ``dilation``), added to the attention logits. It is the layer's only position information: without it
+    the softmax knows what a key holds, not where in the window it lies. Off by default (NATTEN's current
+    default); not with ``is_causal``, as in NATTEN. It costs a float bias per tile and, on the CPU, SDPA's
+    unfused path (see ``docs/zoo.md``).
 
     Cost: tiled as NATTEN's fused kernels (``chunkformer.ops.neighborhood_attention``): queries are cut
     into tiles of ``tile_size`` (per axis, consecutive members of one dilation group), and each tile
@@ -137,6 +163,7 @@ class NeighborhoodAttention2D(_NeighborhoodAttention):
         tile_size: query tile sides, an int or an (h, w) pair; None (default): about half the kernel, the
             whole axis where it is at most twice the kernel (``chunkformer.ops.default_tile_size``). It
             changes speed and memory, not the result.
+        rel_pos_bias: learn NATTEN's relative position bias ``rpb`` (initialised trunc_normal, std 0.02).
 
     Shape:
         - x: (B, H, W, C) -> (B, H, W, C)
@@ -162,9 +189,19 @@ class NeighborhoodAttention2D(_NeighborhoodAttention):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         tile_size: int | tuple[int, int] | None = None,
+        rel_pos_bias: bool = False,
     ) -> None:
         super().__init__(
-            dim, num_heads, kernel_size, dilation, is_causal, qkv_bias, attn_drop, proj_drop, tile_size
+            dim,
+            num_heads,
+            kernel_size,
+            dilation,
+            is_causal,
+            qkv_bias,
+            attn_drop,
+            proj_drop,
+            tile_size,
+            rel_pos_bias,
         )
 
 
@@ -181,7 +218,12 @@ class NeighborhoodAttention3D(_NeighborhoodAttention):
     to every axis, as in NATTEN. Along an axis shorter than kernel_size * dilation, where NATTEN raises,
     each query sees all positions of its dilation group there.
 
-    There is no relative position bias (NATTEN deprecated it).
+    ``rel_pos_bias=True`` adds NATTEN's learned relative position bias (NAT, DiNAT): a parameter ``rpb`` of
+    (num_heads, 2 kt - 1, 2 kh - 1, 2 kw - 1), one bias per head and per offset of the key from the query
+    (in steps of ``dilation``), added to the attention logits. It is the layer's only position
+    information: without it the softmax knows what a key holds, not where in the window it lies. Off by
+    default (NATTEN's current default); not with ``is_causal``, as in NATTEN. It costs a float bias per
+    tile and, on the CPU, SDPA's unfused path (see ``docs/zoo.md``).
 
     Cost: tiled as NATTEN's fused kernels (``chunkformer.ops.neighborhood_attention``): queries are cut
     into tiles of ``tile_size`` (per axis, consecutive members of one dilation group), and each tile
@@ -205,6 +247,7 @@ class NeighborhoodAttention3D(_NeighborhoodAttention):
         tile_size: query tile sides, an int or a (t, h, w) triple; None (default): about half the kernel, the
             whole axis where it is at most twice the kernel (``chunkformer.ops.default_tile_size``). It
             changes speed and memory, not the result.
+        rel_pos_bias: learn NATTEN's relative position bias ``rpb`` (initialised trunc_normal, std 0.02).
 
     Shape:
         - x: (B, T, H, W, C) -> (B, T, H, W, C)
@@ -230,7 +273,17 @@ class NeighborhoodAttention3D(_NeighborhoodAttention):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         tile_size: int | tuple[int, int, int] | None = None,
+        rel_pos_bias: bool = False,
     ) -> None:
         super().__init__(
-            dim, num_heads, kernel_size, dilation, is_causal, qkv_bias, attn_drop, proj_drop, tile_size
+            dim,
+            num_heads,
+            kernel_size,
+            dilation,
+            is_causal,
+            qkv_bias,
+            attn_drop,
+            proj_drop,
+            tile_size,
+            rel_pos_bias,
         )

@@ -14,6 +14,13 @@ index plan (``neighborhood_tiles``) is pure index arithmetic, so it runs on the 
 ``torch.compile(fullgraph=True)``; autograd only sees index_select. Work: about L * prod(box) * d
 multiply-adds per head for the logits and as many for the output, where box = tile + kernel - 1 per axis.
 
+``rpb``, NATTEN's relative position bias, is a learned table of (heads, 2 k - 1 per axis): the logit of a
+query and a key gains ``rpb[h, (key - query) / dilation + kernel - 1 per axis]``, the key's offset from the
+query counted in neighbours (NATTEN's ``get_pb_start`` + kernel index). Each tile's bias is gathered from the
+table through the plan's per-axis offsets and handed to the kernel as a float mask (``-inf`` outside the
+neighbourhood); gradients flow back to the table. Without it nothing changes (the bool mask, as before).
+NATTEN refuses it with causal masking, and so do we.
+
 ``neighborhood_attention_dense`` is the same attention through an (L, L) bool mask (``neighborhood_mask``):
 L * L work, for tests and small grids.
 
@@ -28,7 +35,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-from einops import rearrange
+from einops import rearrange, repeat
 
 from chunkformer.ops.dispatch import attention
 
@@ -151,6 +158,14 @@ def _axis_mask(size: int, kernel: int, dilation: int, causal: bool, device: torc
     return same_group & (k_index >= start) & (k_index < stop)
 
 
+def _axis_offset(size: int, kernel: int, dilation: int, device: torch.device) -> torch.Tensor:
+    """(size, size) long: key j's rpb index relative to query i along one axis, ``(j - i) // d + k - 1``,
+    clamped into the table (the clamped entries are outside the neighbourhood and masked anyway)."""
+    position = torch.arange(size, device=device)
+    offset = position[None, :] // dilation - position[:, None] // dilation + kernel - 1
+    return offset.clamp(0, 2 * kernel - 2)
+
+
 def neighborhood_mask(
     sizes: tuple[int, ...],
     kernel_size: int | tuple[int, ...],
@@ -187,6 +202,7 @@ class _AxisTiles(NamedTuple):
     mask: torch.Tensor  # (tiles, tile, box) bool: the key is in the query's window
     tile_of: torch.Tensor  # (size,) the tile holding each position as a real query
     slot_of: torch.Tensor  # (size,) its slot there
+    offset: torch.Tensor  # (tiles, tile, box) long: the key's rpb index relative to the query
 
 
 def _axis_tiles(
@@ -216,8 +232,10 @@ def _axis_tiles(
         mask = (
             (key[:, None, :] >= start[..., None]) & (key[:, None, :] < stop[..., None]) & key_valid[:, None]
         )
-        parts.append((remainder + dilation * member, valid, remainder + dilation * key, mask))
-    query, valid, key, mask = (torch.cat(list(column)) for column in zip(*parts, strict=True))
+        # In group members, key - query is the offset in units of dilation; clamped where masked.
+        offset = (key[:, None, :] - member[..., None] + kernel - 1).clamp(0, 2 * kernel - 2)
+        parts.append((remainder + dilation * member, valid, remainder + dilation * key, mask, offset))
+    query, valid, key, mask, offset = (torch.cat(list(column)) for column in zip(*parts, strict=True))
     # Where each position sits as a real query: tiles are numbered group after group.
     groups = torch.arange(dilation, device=device)
     counts = -(-((size - groups + dilation - 1) // dilation) // tile)
@@ -225,7 +243,7 @@ def _axis_tiles(
     position = torch.arange(size, device=device)
     member = position // dilation
     tile_of = first_tile[position % dilation] + member // tile
-    return _AxisTiles(query, valid, key, mask, tile_of, member % tile), tile, box
+    return _AxisTiles(query, valid, key, mask, tile_of, member % tile, offset), tile, box
 
 
 @dataclass(frozen=True, eq=False)
@@ -244,6 +262,9 @@ class NeighborhoodTiles:
         key_index: (tiles, K) long, the keys of each tile's box, K = prod(box_size).
         mask: (tiles, Q, K) bool, True where the slot's query may attend the key (every row has a key).
         inverse: (L,) long, for each grid position its real slot in the flattened (tiles * Q) slots.
+        rpb_offset: per axis, (axis tiles, axis tile, axis box) long: the rpb index of each box key relative
+            to each query slot along that axis (``key - query`` in neighbours, + kernel - 1); the N-d tile's
+            bias is their outer product into the table.
     """
 
     sizes: tuple[int, ...]
@@ -257,6 +278,7 @@ class NeighborhoodTiles:
     key_index: torch.Tensor
     mask: torch.Tensor
     inverse: torch.Tensor
+    rpb_offset: tuple[torch.Tensor, ...]
 
     @property
     def num_tiles(self) -> int:
@@ -286,12 +308,13 @@ def _build_tiles(
         true(1, 1),
         true(1, 1, 1),
     )
-    tiles, boxes = [], []
+    tiles, boxes, offsets = [], [], []
     # The N-d tile is the outer product of the per-axis tiles.
     for size, k, d, c, t in zip(sizes, kernel, dilation, causal, tile, strict=True):
         axis, used_tile, used_box = _axis_tiles(size, k, d, c, t, device)
         tiles.append(used_tile)
         boxes.append(used_box)
+        offsets.append(axis.offset)
         n_axis = axis.query.shape[0]
         query = rearrange(
             query[:, None, :, None] * size + axis.query[None, :, None, :], "a i b j -> (a i) (b j)"
@@ -306,7 +329,18 @@ def _build_tiles(
         slot_of = rearrange(slot_of[:, None] * used_tile + axis.slot_of[None, :], "a i -> (a i)")
     inverse = tile_of * math.prod(tiles) + slot_of
     return NeighborhoodTiles(
-        sizes, kernel, dilation, causal, tuple(tiles), tuple(boxes), query, valid, key, mask, inverse
+        sizes,
+        kernel,
+        dilation,
+        causal,
+        tuple(tiles),
+        tuple(boxes),
+        query,
+        valid,
+        key,
+        mask,
+        inverse,
+        tuple(offsets),
     )
 
 
@@ -358,6 +392,59 @@ def _check_tokens(
             )
 
 
+def _check_rpb(
+    rpb: object,
+    heads: int,
+    kernel: tuple[int, ...],
+    causal: tuple[bool, ...],
+    device: torch.device,
+    owner: str,
+) -> torch.Tensor:
+    """rpb is a float (heads, 2 k - 1 per axis) table on q's device, and no axis is causal (as NATTEN)."""
+    if not isinstance(rpb, torch.Tensor) or not rpb.is_floating_point():
+        given = f"a {rpb.dtype} tensor" if isinstance(rpb, torch.Tensor) else type(rpb).__name__
+        raise TypeError(f"{owner} expects rpb to be a floating-point torch.Tensor or None, got {given}")
+    if any(causal):
+        # NATTEN leaves it undefined (a causal window's offsets would reach only half of the table).
+        raise NotImplementedError(
+            f"{owner}: a relative position bias (rpb) is undefined with causal masking, as in NATTEN; "
+            f"got rpb with is_causal {causal}. Pass rpb=None or make every axis non-causal"
+        )
+    expected = (heads, *(2 * k - 1 for k in kernel))
+    if tuple(rpb.shape) != expected:
+        raise ValueError(
+            f"{owner} expects rpb of shape (heads, 2 * kernel_size - 1 per axis) = {expected} for {heads} "
+            f"heads and kernel_size {kernel}, got {tuple(rpb.shape)}"
+        )
+    if rpb.device != device:
+        raise ValueError(f"{owner} expects rpb on {device}, like q, got {rpb.device}")
+    return rpb
+
+
+def _rpb_bias(rpb: torch.Tensor, offsets: tuple[torch.Tensor, ...], mask: torch.Tensor) -> torch.Tensor:
+    """The bias of every (..., query, key) pair, ``rpb[h, offsets[0], offsets[1], ...]``, -inf where ``mask``
+    is False: (heads, *mask.shape).
+
+    Each axis's offsets have the same parts, e.g. (tiles, tile, box), and the pairs are their outer product,
+    each part flattened row-major over the axes (as the plan flattens N-d tiles, queries and keys).
+    """
+    rank, parts = len(offsets), offsets[0].dim()
+    sides = rpb.shape[1:]
+    index = torch.zeros((), dtype=torch.long, device=rpb.device)
+    for axis, offset in enumerate(offsets):
+        # Axis a's part p goes to dimension p * rank + a, so the sum is already in row-major pair order.
+        shape = [1] * (parts * rank)
+        for part, size in enumerate(offset.shape):
+            shape[part * rank + axis] = size
+        index = index + offset.reshape(shape) * math.prod(sides[axis + 1 :])
+    # One extra -inf entry for the excluded pairs: a flat index_select (a fast gather, and an index_add
+    # backward) and no masking pass over the bias.
+    excluded = math.prod(sides)
+    index = torch.where(mask, index.reshape(mask.shape), excluded)
+    table = torch.cat([rpb.flatten(1), rpb.new_full((rpb.shape[0], 1), float("-inf"))], dim=1)
+    return table.index_select(1, index.flatten()).view(rpb.shape[0], *mask.shape)
+
+
 def neighborhood_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -367,6 +454,7 @@ def neighborhood_attention(
     dilation: int | tuple[int, ...] = 1,
     is_causal: bool | tuple[bool, ...] = False,
     *,
+    rpb: torch.Tensor | None = None,
     tile_size: int | tuple[int, ...] | None = None,
     dropout_p: float = 0.0,
     scale: float | None = None,
@@ -382,6 +470,9 @@ def neighborhood_attention(
         kernel_size: neighbourhood sides, an int or one per axis; odd along non-causal axes.
         dilation: distance between neighbours, an int or one per axis.
         is_causal: a bool for every axis or one per axis.
+        rpb: NATTEN's relative position bias, or None: a table of (heads, 2 k - 1 per axis); the logit of
+            query i and key j gains ``rpb[h, (j - i) // dilation + kernel - 1 per axis]`` (not scaled).
+            Gradients reach it. Not with ``is_causal``, as in NATTEN.
         tile_size: query tile sides, an int or one per axis; None: ``default_tile_size``. Any
             size gives the same result; it trades the number of tiles against keys computed and masked.
         dropout_p: dropout on the attention weights (pass 0 in evaluation).
@@ -392,20 +483,25 @@ def neighborhood_attention(
         The attention output, in grid order.
 
     Raises:
-        TypeError: for an argument of the wrong type.
+        TypeError: for an argument of the wrong type (rpb: not a float tensor).
         ValueError: for a size below 1, an even kernel along a non-causal axis, a sequence of the wrong
-            length, or q whose length is not prod(sizes).
+            length, q whose length is not prod(sizes), or rpb of the wrong shape or device.
+        NotImplementedError: for rpb with a causal axis (NATTEN refuses it too).
 
     Shape:
         - q, k: (B, heads, L, d), L = prod(sizes)
         - v: (B, heads, L, dv)
+        - rpb: (heads, 2 kh - 1, 2 kw - 1) or (heads, 2 kt - 1, 2 kh - 1, 2 kw - 1)
         - output: (B, heads, L, dv)
     """
     owner = "neighborhood_attention"
-    sizes = _arguments(sizes, kernel_size, dilation, is_causal, tile_size, owner)[0]
+    sizes, kernel, _, causal, _ = _arguments(sizes, kernel_size, dilation, is_causal, tile_size, owner)
     _check_tokens(q, k, v, sizes, owner)
     plan = neighborhood_tiles(sizes, kernel_size, dilation, is_causal, tile_size, q.device)
     batch, heads = q.shape[:2]
+    if rpb is not None:
+        _check_rpb(rpb, heads, kernel, causal, q.device, owner)
+        return _tiled_with_rpb(q, k, v, plan, rpb, dropout_p, scale, backend)
 
     def gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         # Token-major rows (L, B, h, d) -> (tiles, B * h, n, d): the tiles are the dispatch's batch (the
@@ -428,6 +524,44 @@ def neighborhood_attention(
     return out.permute(1, 2, 0, 3)
 
 
+def _tiled_with_rpb(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: NeighborhoodTiles,
+    rpb: torch.Tensor,
+    dropout_p: float,
+    scale: float | None,
+    backend: str | None,
+) -> torch.Tensor:
+    """``neighborhood_attention`` with a relative position bias: the tiles laid out head-major.
+
+    A float bias that needs a gradient sends SDPA to its math path (matmuls, no fused kernel), which wants
+    contiguous (batch, heads, n, d) operands; here the dispatch's batch is (B heads) and its heads are the
+    tiles, so the gathers are contiguous and the (heads, tiles, Q, K) bias is the mask as it is for one clip.
+    """
+    batch, heads, _, _ = q.shape
+    tiles = plan.num_tiles
+
+    def gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        rows = x.index_select(2, index.flatten())
+        return rearrange(rows, "b h (t n) d -> (b h) t n d", t=tiles)
+
+    bias = _rpb_bias(rpb, plan.rpb_offset, plan.mask)
+    out = attention(
+        gather(q, plan.query_index),
+        gather(k, plan.key_index),
+        gather(v, plan.key_index),
+        # (B heads) with B outer: a view for one clip, B copies of the bias else.
+        attn_mask=repeat(bias, "h t q k -> (b h) t q k", b=batch),
+        dropout_p=dropout_p,
+        scale=scale,
+        backend=backend,
+    )
+    out = rearrange(out, "(b h) t q d -> b h (t q) d", b=batch)
+    return out.index_select(2, plan.inverse)
+
+
 def neighborhood_attention_dense(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -437,17 +571,26 @@ def neighborhood_attention_dense(
     dilation: int | tuple[int, ...] = 1,
     is_causal: bool | tuple[bool, ...] = False,
     *,
+    rpb: torch.Tensor | None = None,
     dropout_p: float = 0.0,
     scale: float | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     """``neighborhood_attention`` through the dense (L, L) mask: L * L work, for tests and small grids.
 
+    With ``rpb`` the mask is a float (heads, L, L) bias, ``-inf`` outside the neighbourhood.
+
     Shape:
         - as ``neighborhood_attention``
     """
     owner = "neighborhood_attention_dense"
-    sizes = _arguments(sizes, kernel_size, dilation, is_causal, 1, owner)[0]
+    sizes, kernel, steps, causal, _ = _arguments(sizes, kernel_size, dilation, is_causal, 1, owner)
     _check_tokens(q, k, v, sizes, owner)
     mask = neighborhood_mask(sizes, kernel_size, dilation, is_causal, q.device)
+    if rpb is not None:
+        _check_rpb(rpb, q.shape[1], kernel, causal, q.device, owner)
+        offsets = tuple(
+            _axis_offset(size, k, step, q.device) for size, k, step in zip(sizes, kernel, steps, strict=True)
+        )
+        mask = _rpb_bias(rpb, offsets, mask)[None]
     return attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale, backend=backend)

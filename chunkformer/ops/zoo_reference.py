@@ -245,10 +245,16 @@ def neighborhood_indices(index: int, length: int, kernel_size: int, dilation: in
 def neighborhood_reference(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``NeighborhoodAttention2D`` / ``3D`` written out: a loop over queries, each over its neighbours.
 
+    With the layer's relative position bias (``layer.rpb``, NATTEN's), the logit of each neighbour gains
+    ``rpb[h, t, u, ...]``, one table index per axis: how many neighbours (steps of ``dilation``) the key
+    lies from the query along that axis, shifted by ``kernel - 1`` so that the leftmost possible key reads 0.
+
     Shape:
         - x: (B, *grid, C) -> (B, *grid, C), float64
     """
     sizes = tuple(x.shape[1:-1])
+    rpb = getattr(layer, "rpb", None)
+    table = None if rpb is None else rpb.detach().double()
     out = torch.zeros(x.shape, dtype=torch.float64)
     for b in range(x.shape[0]):
         q, k, v = _project(x[b].reshape(-1, x.shape[-1]), layer)
@@ -259,9 +265,22 @@ def neighborhood_reference(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
                     query, sizes, layer.kernel_size, layer.dilation, layer.is_causal, strict=True
                 )
             ]
-            rows = [_flat(key, sizes) for key in _product(per_axis)]
-            out[(b, *query)] = _attend_one(q[_flat(query, sizes)], k[rows], v[rows])
+            keys = _product(per_axis)
+            rows = [_flat(key, sizes) for key in keys]
+            bias = None
+            if table is not None:
+                bias = torch.stack([table[(slice(None), *_rpb_entry(query, key, layer))] for key in keys], 1)
+            out[(b, *query)] = _attend_one(q[_flat(query, sizes)], k[rows], v[rows], bias)
     return _linear(out, layer.proj)
+
+
+def _rpb_entry(query: Sequence[int], key: Sequence[int], layer: nn.Module) -> tuple[int, ...]:
+    """NATTEN's rpb index of ``key`` seen from ``query``: per axis, key - query in neighbours + kernel - 1."""
+    # A neighbour shares the query's dilation group, so the division is exact.
+    return tuple(
+        (j - i) // step + kernel - 1
+        for i, j, kernel, step in zip(query, key, layer.kernel_size, layer.dilation, strict=True)
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -45,6 +47,7 @@ class Case:
     shape: tuple[int, ...]  # (B, *grid, C)
     seed: int
     tile: tuple[int, ...] | None = None
+    rpb: bool = False
 
     def module(self) -> Layer:
         cls = NeighborhoodAttention2D if len(self.kernel) == 2 else NeighborhoodAttention3D
@@ -56,9 +59,11 @@ class Case:
                 self.dilation,
                 self.causal,
                 tile_size=self.tile,
+                rel_pos_bias=self.rpb,
             ),
             self.seed,
         )
+        # Noise everywhere, the rpb table included: at NATTEN's std 0.02 a misindexed table would pass.
         randomize_(list(module.parameters()), self.seed + 7)
         return module.eval()
 
@@ -67,12 +72,13 @@ class Case:
 
 
 @st.composite
-def cases(draw: st.DrawFn, rank: int | None = None, fits: bool = False) -> Case:
+def cases(draw: st.DrawFn, rank: int | None = None, fits: bool = False, rpb: bool = False) -> Case:
     """Odd kernels (any along causal axes), dilation 1-2, grids from one position to a few windows wide,
-    query tiles of any size; ``fits`` keeps every axis at least kernel * dilation long (NATTEN's domain)."""
+    query tiles of any size; ``fits`` keeps every axis at least kernel * dilation long (NATTEN's domain);
+    ``rpb``: with a relative position bias, so no causal axis."""
     rank = draw(st.sampled_from([2, 3])) if rank is None else rank
     spec = draw(heads())
-    causal = tuple(draw(st.booleans()) for _ in range(rank))
+    causal = tuple(False if rpb else draw(st.booleans()) for _ in range(rank))
     kernel = tuple(draw(st.integers(1, 3) if c else st.sampled_from([1, 3])) for c in causal)
     dilation = tuple(draw(st.integers(1, 2)) for _ in range(rank))
     low = [k * d if fits else 1 for k, d in zip(kernel, dilation, strict=True)]
@@ -83,7 +89,7 @@ def cases(draw: st.DrawFn, rank: int | None = None, fits: bool = False) -> Case:
     shape = (draw(st.integers(1, 2)), *grid, spec.dim)
     # The default tiles, or any from one query to more than the grid.
     tile = draw(st.none() | st.tuples(*(st.integers(1, 8) for _ in range(rank))))
-    return Case(spec, kernel, dilation, causal, shape, draw(SEEDS), tile)
+    return Case(spec, kernel, dilation, causal, shape, draw(SEEDS), tile, rpb)
 
 
 @FEW
@@ -256,6 +262,95 @@ def test_mask_is_cached_per_shape() -> None:
     module = NeighborhoodAttention2D(4, 2, 3)
     assert module.neighborhood_mask((5, 6)) is module.neighborhood_mask((5, 6))
     assert module.neighborhood_mask((5, 6)).shape == (30, 30)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Relative position bias
+# ----------------------------------------------------------------------------------------------------
+
+
+@FEW
+@given(case=cases(rpb=True), kernel=st.tuples(st.sampled_from([1, 3, 5]), st.sampled_from([3, 5])))
+def test_rpb_matches_reference(case: Case, kernel: tuple[int, int]) -> None:
+    # Kernels up to 5 so that the table has room to be misread; the reference indexes it query by query.
+    case = dataclasses.replace(case, kernel=(*case.kernel[:-2], *kernel))
+    module = case.module().double()
+    x = case.input(torch.float64)
+    torch.testing.assert_close(module(x), neighborhood_reference(module, x), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "dilation", "grid"), [((3, 3), (1, 2), (3, 6)), ((3, 3, 3), (1, 1, 2), (2, 3, 4))]
+)
+def test_rpb_gradcheck_input_and_parameters(
+    kernel: tuple[int, ...], dilation: tuple[int, ...], grid: tuple[int, ...]
+) -> None:
+    rank = len(kernel)
+    case = Case(Heads(4, 2), kernel, dilation, (False,) * rank, (1, *grid, 4), 0, rpb=True)
+    gradcheck_module(case.module(), [case.input(torch.float64)])
+
+
+@pytest.mark.parametrize("rank", [2, 3])
+def test_rpb_gradient_reaches_the_table(rank: int) -> None:
+    case = Case(Heads(4, 2), (3,) * rank, (1,) * rank, (False,) * rank, (2, *(4,) * rank, 4), 0, rpb=True)
+    module = case.module()
+    assert_gradients_reach_all_parameters(module, module(case.input()), 3)
+    assert module.rpb is not None and module.rpb.grad is not None
+    # A 4-long axis with kernel 3 puts keys at every offset -2..2 from some query: every entry is read.
+    assert bool((module.rpb.grad != 0).all())
+
+
+def test_rpb_is_natten_shaped_and_initialised() -> None:
+    module = build(lambda: NeighborhoodAttention3D(96, 3, (3, 7, 7), rel_pos_bias=True), 0)
+    assert isinstance(module.rpb, torch.nn.Parameter) and module.rpb.shape == (3, 5, 13, 13)
+    # trunc_normal(std 0.02): small, not zero.
+    table = module.rpb.detach()
+    assert 0.015 < float(table.std()) < 0.025 and float(table.abs().max()) < 2.0
+    assert NeighborhoodAttention2D(8, 2, (3, 5), rel_pos_bias=True).rpb.shape == (2, 5, 9)  # type: ignore[union-attr]
+
+
+def test_rpb_only_in_the_state_dict_when_on() -> None:
+    without = NeighborhoodAttention2D(8, 2, 3)
+    with_rpb = NeighborhoodAttention2D(8, 2, 3, rel_pos_bias=True)
+    assert without.rpb is None
+    assert set(without.state_dict()) == {"qkv.weight", "qkv.bias", "proj.weight", "proj.bias"}
+    assert set(with_rpb.state_dict()) == {"rpb", "qkv.weight", "qkv.bias", "proj.weight", "proj.bias"}
+    assert "rel_pos_bias=False" in repr(without) and "rel_pos_bias=True" in repr(with_rpb)
+    # A checkpoint from before rpb existed still loads into the default layer.
+    without.load_state_dict(Attention(8, 2).state_dict())
+
+
+def test_rpb_runs_on_meta_device() -> None:
+    with torch.device("meta"):
+        module = NeighborhoodAttention3D(8, 2, (3, 3, 5), dilation=(1, 2, 1), rel_pos_bias=True)
+        out = module(torch.empty(2, 3, 4, 5, 8))
+    assert out.device.type == module.rpb.device.type == "meta"  # type: ignore[union-attr]
+    assert out.shape == (2, 3, 4, 5, 8)
+
+
+def test_rpb_compiles_fullgraph() -> None:
+    torch._dynamo.reset()
+    module = Case(Heads(8, 2), (3, 3, 3), (1, 1, 2), (False,) * 3, (2, 3, 4, 6, 8), 0, rpb=True).module()
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    x = randn((2, 3, 4, 6, 8), 1)
+    torch.testing.assert_close(compiled(x), module(x), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("layer", [NeighborhoodAttention2D, NeighborhoodAttention3D])
+def test_rpb_with_causal_is_refused(layer: type[Layer]) -> None:
+    rank = len(layer._axes)
+    causal = (True,) + (False,) * (rank - 1)
+    with pytest.raises(
+        NotImplementedError,
+        match=rf"{layer.__name__}: rel_pos_bias is undefined with causal masking, as in NATTEN; got "
+        rf"rel_pos_bias=True with is_causal {re.escape(str(causal))}",
+    ):
+        layer(4, 2, 3, is_causal=causal, rel_pos_bias=True)
+
+
+def test_rpb_flag_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="NeighborhoodAttention2D: rel_pos_bias must be a bool, got int 1"):
+        NeighborhoodAttention2D(4, 2, 3, rel_pos_bias=1)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------------------------------
