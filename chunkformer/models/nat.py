@@ -5,8 +5,9 @@ NAT itself is an image model (hierarchical, with overlapping convolutional token
 video model around ``NeighborhoodAttention3D``, for comparing the attention pattern with the other zoo
 models on equal terms: a 3-D patch embedding (strided Conv3d, then LayerNorm, as Video Swin's), an isotropic
 stack of pre-norm blocks whose token mixer is ``NeighborhoodAttention3D``, a final LayerNorm, the mean over
-all tokens and a Linear head. Like NATTEN's current layers it has no position bias; the clamped windows see
-the clip borders.
+all tokens and a Linear head. Like NATTEN's current layers it has no position bias by default (the clamped
+windows see the clip borders); ``rel_pos_bias=True`` gives every block NATTEN's learned relative position
+bias, as NAT uses.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class NATConfig:
         kernel_size: (t, h, w) neighbourhood of each query; odd along non-causal axes.
         dilation: (t, h, w) spacing of the neighbours.
         is_causal_time: make the neighbourhood end at the query's frame (a causal video model).
+        rel_pos_bias: NATTEN's learned relative position bias in every block (not with ``is_causal_time``).
         mlp_ratio: MLP hidden width as a multiple of ``dim``.
         qkv_bias: bias in the qkv projections.
         drop_rate: dropout after the patch embedding, in the MLPs and after the attention projections.
@@ -64,6 +66,7 @@ class NATConfig:
     kernel_size: tuple[int, int, int] = (3, 3, 3)
     dilation: tuple[int, int, int] = (1, 1, 1)
     is_causal_time: bool = False
+    rel_pos_bias: bool = False
     mlp_ratio: float = 1.5
     qkv_bias: bool = True
     drop_rate: float = 0.0
@@ -118,6 +121,7 @@ class NeighborhoodVideoTransformer(VideoClassifier):
                     dilation=config.dilation,
                     is_causal=is_causal,
                     qkv_bias=config.qkv_bias,
+                    rel_pos_bias=config.rel_pos_bias,
                     attn_drop=config.attn_drop_rate,
                     proj_drop=config.drop_rate,
                 ),

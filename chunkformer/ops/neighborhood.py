@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-from einops import rearrange, repeat
+from einops import rearrange
 
 from chunkformer.ops.dispatch import attention
 
@@ -534,31 +534,29 @@ def _tiled_with_rpb(
     scale: float | None,
     backend: str | None,
 ) -> torch.Tensor:
-    """``neighborhood_attention`` with a relative position bias: the tiles laid out head-major.
+    """``neighborhood_attention`` with a relative position bias: tiles folded into the heads.
 
-    A float bias that needs a gradient sends SDPA to its math path (matmuls, no fused kernel), which wants
-    contiguous (batch, heads, n, d) operands; here the dispatch's batch is (B heads) and its heads are the
-    tiles, so the gathers are contiguous and the (heads, tiles, Q, K) bias is the mask as it is for one clip.
+    A float bias that needs a gradient sends SDPA to its math path (matmuls, no fused kernel). With the
+    dispatch's heads as (heads, tiles), the (heads * tiles, Q, K) bias broadcasts over the batch: no copy
+    per clip, and its gradient is one sum over the batch.
     """
-    batch, heads, _, _ = q.shape
     tiles = plan.num_tiles
 
     def gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         rows = x.index_select(2, index.flatten())
-        return rearrange(rows, "b h (t n) d -> (b h) t n d", t=tiles)
+        return rearrange(rows, "b h (t n) d -> b (h t) n d", t=tiles)
 
     bias = _rpb_bias(rpb, plan.rpb_offset, plan.mask)
     out = attention(
         gather(q, plan.query_index),
         gather(k, plan.key_index),
         gather(v, plan.key_index),
-        # (B heads) with B outer: a view for one clip, B copies of the bias else.
-        attn_mask=repeat(bias, "h t q k -> (b h) t q k", b=batch),
+        attn_mask=rearrange(bias, "h t q k -> 1 (h t) q k"),
         dropout_p=dropout_p,
         scale=scale,
         backend=backend,
     )
-    out = rearrange(out, "(b h) t q d -> b h (t q) d", b=batch)
+    out = rearrange(out, "b (h t) q d -> b h (t q) d", t=tiles)
     return out.index_select(2, plan.inverse)
 
 

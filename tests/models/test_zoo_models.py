@@ -257,3 +257,21 @@ def test_a_tiny_model_compiles_with_fullgraph() -> None:
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     with torch.no_grad():
         torch.testing.assert_close(compiled(clip), model(clip))
+
+
+def test_nat_rel_pos_bias_adds_one_table_per_block_and_learns_it() -> None:
+    torch.manual_seed(0)
+    plain = create_model("nat_tiny", num_classes=4)
+    biased = create_model("nat_tiny", num_classes=4, rel_pos_bias=True)
+    tables = {name: p.shape for name, p in biased.named_parameters() if name.endswith("rpb")}
+    # One (heads, 2k - 1 per axis) table per block: 4 heads, kernel (3, 3, 3).
+    assert tables == {f"blocks.{i}.attn.rpb": (4, 5, 5, 5) for i in range(3)}
+    assert _params(biased) - _params(plain) == 3 * 4 * 5**3
+    assert not any(name.endswith("rpb") for name in plain.state_dict())
+    biased(_clip()).sum().backward()
+    assert all(biased.get_parameter(name).grad.abs().sum() > 0 for name in tables)
+
+
+def test_nat_refuses_rel_pos_bias_with_causal_time() -> None:
+    with pytest.raises(NotImplementedError, match="rel_pos_bias"):
+        create_model("nat_tiny", rel_pos_bias=True, is_causal_time=True)
