@@ -141,12 +141,13 @@ else
 fi
 
 # Every attention layer (SCT's and the zoo's) on 8 frames of 56 x 56 tokens, C 96: a batch of 8 in bf16 on
-# the GPU, forward and forward+backward, peak memory.
+# the GPU, forward and forward+backward, peak memory; and NeighborhoodAttention3D with its relative position bias.
 if (( smoke )); then
-    step zoo_layers 15 "$py" benchmarks/zoo_layers.py --smoke --threads 2 --markdown-out "$out/zoo_layers.md"
+    step zoo_layers 15 "$py" benchmarks/zoo_layers.py --smoke --threads 2 --rel-pos-bias \
+        --markdown-out "$out/zoo_layers.md"
 else
     step zoo_layers 20 "$py" benchmarks/zoo_layers.py --device cuda --dtype bf16 --batch 8 --repeats 5 \
-        --markdown-out "$out/zoo_layers.md"
+        --rel-pos-bias --markdown-out "$out/zoo_layers.md"
 fi
 
 # The model table: a training step (forward + backward + AdamW) under bf16 autocast.

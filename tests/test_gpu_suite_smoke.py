@@ -28,6 +28,10 @@ ROWS = [
     ("lsh_layer.md", rf"\| bf16 \| LSHAttention, 2 rounds \| auto \| {NUMBER} \|.*x \|"),
     ("lsh_layer.md", rf"\| fp32 \| LSHAttention, 2 rounds \| triton \| {NUMBER} \|.*x \|"),
     ("zoo_layers.md", rf"\| `NeighborhoodAttention3D` \| 1x7x7 neighbourhood \| {NUMBER} \| {NUMBER} \|"),
+    (
+        "zoo_layers.md",
+        rf"\| `NeighborhoodAttention3D, rpb` \| 1x7x7 neighbourhood, relative position bias \| {NUMBER} \|",
+    ),
     ("models_eager.md", rf"\| sct_tiny \| bf16 \| eager \| 2 \| {NUMBER}M \|"),
     ("models_checkpointing.md", r"\| sct_tiny \| bf16 \| eager, gradient checkpointing \| 2 \| \d"),
     ("models_triton.md", rf"\| sct_s \| bf16 \| eager, backend triton \| 1 \| {NUMBER}M \|"),
