@@ -3,14 +3,14 @@
 # suite"): the environment, the CUDA tests (Triton kernels compiled for the GPU, not interpreted; a refusal
 # fails), the LSH benchmark at loads that fill a GPU (a), SCT-S's LSH layer on the block path and on the
 # Triton kernels against a ChunkAttention layer (b), every attention layer of the library side by side (the
-# zoo's and SCT's), the model training-step table (SCT-S on the Triton kernels too), and the recipe killed and
+# zoo's and SCT's), the model training-step table (SCT-S on the block path too), and the recipe killed and
 # resumed under torchrun. Run from anywhere:
 #
 #     bash benchmarks/gpu_suite.sh OUT            # on a CUDA machine with torch installed
 #     bash benchmarks/gpu_suite.sh OUT --smoke    # every step on the CPU at toy sizes, in under 2 minutes
 #
-# Each step has a time budget (`timeout`): environment 10, tests 55, lsh 25 + 40 + 20 + 30, lsh_layer 35,
-# zoo_layers 20, models 30 + 30 + 20 (Triton) + 55 (compile) + 15 (checkpointing), recipe_resume 70; with the
+# Each step has a time budget (`timeout`): environment 10, tests 70, lsh 25 + 40 + 15 + 25, lsh_layer 35,
+# zoo_layers 15, models 30 + 30 + 20 (block path) + 55 (compile) + 15 (checkpointing), recipe_resume 70; with the
 # wheels' 20 s they add up to 475 s (the figures and the summary take the rest of the 480), so one slow step
 # costs its own table, not the run. Markdown tables, PNG figures and one log per step go to OUT;
 # OUT/summary.md collects the tables and OUT/timings.txt the seconds each step took. Exit status 1 if any step
@@ -83,7 +83,7 @@ tests=(
     "tests/ops/test_lsh_attention.py::test_fused_kernels_match_the_math_kernel"
     "tests/ops/test_lsh_attention.py::test_fused_half_precision_is_finite_and_close_to_float32"
     "tests/ops/test_lsh_attention.py::test_fused_kernels_are_strictly_causal"
-    tests/ops/test_attention.py tests/ops/test_lsh_triton.py
+    tests/ops/test_attention.py tests/ops/test_lsh_triton.py tests/ops/test_lsh_auto.py
 )
 if (( smoke )); then
     # On the CPU they skip or run minutes in Triton's interpreter (CI runs them there); collecting them still
@@ -91,7 +91,7 @@ if (( smoke )); then
     step tests 60 env -u TRITON_INTERPRET "$py" -m pytest -q -p no:cacheprovider --collect-only \
         -k "not test_gradcheck" "${tests[@]}"
 else
-    step tests 55 env -u TRITON_INTERPRET CHUNKFORMER_REQUIRE_TRITON=1 \
+    step tests 70 env -u TRITON_INTERPRET CHUNKFORMER_REQUIRE_TRITON=1 \
         HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-ci}" "$py" -m pytest -q -p no:cacheprovider -rs \
         --continue-on-collection-errors -k "not test_gradcheck" "${tests[@]}"
 fi
@@ -109,7 +109,7 @@ if (( smoke )); then
 else
     lsh_common=(--device cuda --batch 4 --heads 8 --repeats 3 --in-process --hashes 1 4 --peak-dtype bf16
         --impls chunkformer-triton chunkformer-sdpa chunkformer-xformers reformer-pytorch hf-reformer)
-    lsh_runs=("bf16 16384 25" "bf16 65536 40" "fp32 16384 20" "fp32 65536 30")
+    lsh_runs=("bf16 16384 25" "bf16 65536 40" "fp32 16384 15" "fp32 65536 25")
     lsh_shape=(--batch 4 --heads 8)
 fi
 for run in "${lsh_runs[@]}"; do
@@ -129,15 +129,16 @@ for dtype in bf16 fp32; do
 done
 
 # (b) SCT-S's LSH layer against a ChunkAttention layer over the same 3136-token frames, the LSH layer on the
-# block path (auto) and on the Triton kernels side by side.
+# block path (sdpa) and on the Triton kernels side by side (automatic selection takes the Triton kernels on
+# CUDA once their self-check passes, which the tests step's test_lsh_auto.py asserts).
 if (( smoke )); then
     # The Triton rows run through the interpreter, a few programs a second: one frame, 2 heads of 16.
     step lsh_layer 25 env TRITON_INTERPRET=1 "$py" benchmarks/lsh_layer.py --frames 1 --side 14 --dim 32 \
-        --heads 2 --hashes 1 2 --dtypes bf16 fp32 --backends auto triton --repeats 1 --threads 2 \
+        --heads 2 --hashes 1 2 --dtypes bf16 fp32 --backends sdpa triton --repeats 1 --threads 2 \
         --markdown-out "$out/lsh_layer.md"
 else
     step lsh_layer 35 "$py" benchmarks/lsh_layer.py --device cuda --frames 64 --side 56 --hashes 1 4 \
-        --dtypes bf16 fp32 --backends auto triton --repeats 3 --markdown-out "$out/lsh_layer.md"
+        --dtypes bf16 fp32 --backends sdpa triton --repeats 3 --markdown-out "$out/lsh_layer.md"
 fi
 
 # Every attention layer (SCT's and the zoo's) on 8 frames of 56 x 56 tokens, C 96: a batch of 8 in bf16 on
@@ -146,7 +147,7 @@ if (( smoke )); then
     step zoo_layers 15 "$py" benchmarks/zoo_layers.py --smoke --threads 2 --rel-pos-bias \
         --markdown-out "$out/zoo_layers.md"
 else
-    step zoo_layers 20 "$py" benchmarks/zoo_layers.py --device cuda --dtype bf16 --batch 8 --repeats 5 \
+    step zoo_layers 15 "$py" benchmarks/zoo_layers.py --device cuda --dtype bf16 --batch 8 --repeats 5 \
         --rel-pos-bias --markdown-out "$out/zoo_layers.md"
 fi
 
@@ -167,9 +168,10 @@ else
         --markdown-out "$out/models_eager_8.md"
     step models_eager_24 30 "$py" benchmarks/models.py "${models[@]}" --frames 24 --batch 2 \
         --markdown-out "$out/models_eager_24.md"
-    # SCT-S with its LSH layers on the Triton kernels (the rows above run the block path).
-    step models_triton 20 "$py" benchmarks/models.py "${models[@]}" --models sct_s --frames 8 --batch 4 \
-        --backend triton --markdown-out "$out/models_triton.md"
+    # The rows above run automatic selection: in eager mode SCT's LSH layers take the Triton kernels once
+    # their self-check passes. This one pins the block path (SDPA's kernels) for comparison.
+    step models_block 20 "$py" benchmarks/models.py "${models[@]}" --models sct_s --frames 8 --batch 4 \
+        --backend sdpa --markdown-out "$out/models_block.md"
     step models_compile 55 "$py" benchmarks/models.py "${models[@]}" --models sct_s --frames 8 --batch 4 \
         --compile --markdown-out "$out/models_compile.md"
     step models_checkpointing 15 "$py" benchmarks/models.py "${models[@]}" --models sct_s --frames 24 \
@@ -194,7 +196,7 @@ grep "^[a-z0-9]*: max abs loss difference" "$out/recipe_resume.log"
     cat "$out/environment.log" "$out/timings.txt"
     echo '```'
     for table in lsh_bf16 lsh_fp32 lsh_layer zoo_layers models_eager models_eager_8 models_eager_24 \
-        models_triton models_compile models_checkpointing recipe_resume; do
+        models_triton models_block models_compile models_checkpointing recipe_resume; do
         [[ -s "$out/$table.md" ]] && { echo; echo "## $table"; echo; cat "$out/$table.md"; }
     done
 } >"$out/summary.md"

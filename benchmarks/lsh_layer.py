@@ -9,8 +9,9 @@ mode (fresh rotations per call), loss ``out.float().sum()``; ``forward`` is trai
 layers run the same precision end to end.
 
 ``--backends`` lists the attention dispatch backends the LSH layer runs on, side by side (``use_backend``;
-``auto`` is automatic selection, the block path on every device; ``triton`` the fused Triton kernels, which on
-CPU need ``TRITON_INTERPRET=1`` in the environment before the start). The Chunk layer runs once per dtype,
+``auto`` is automatic selection: the fused Triton kernels on CUDA once their self-check passed, else the
+block path; ``sdpa`` pins the block path; ``triton`` the fused Triton kernels, which on CPU need
+``TRITON_INTERPRET=1`` in the environment before the start). The Chunk layer runs once per dtype,
 on ``auto``. A backend that refuses the inputs gives a row that says why.
 
 The ratio columns divide the LSH layer's time by the Chunk layer's, from the same run: the issue's target
@@ -19,7 +20,7 @@ growth of resident memory on CPU.
 
 Usage::
 
-    python benchmarks/lsh_layer.py --device cuda --dtypes bf16 fp32 --hashes 1 4 --backends auto triton \
+    python benchmarks/lsh_layer.py --device cuda --dtypes bf16 fp32 --hashes 1 4 --backends sdpa triton \
         --markdown-out layer.md
     python benchmarks/lsh_layer.py --frames 2 --side 14 --repeats 1        # CPU smoke size
 """

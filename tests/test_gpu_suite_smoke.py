@@ -25,7 +25,7 @@ NUMBER = r"\d+(\.\d+)?"
 ROWS = [
     ("lsh_bf16.md", rf"\| 256 \| 1 \| chunkformer-sdpa \| {NUMBER} \|"),
     ("lsh_fp32.md", rf"\| 256 \| 2 \| chunkformer-triton \| {NUMBER} \|"),
-    ("lsh_layer.md", rf"\| bf16 \| LSHAttention, 2 rounds \| auto \| {NUMBER} \|.*x \|"),
+    ("lsh_layer.md", rf"\| bf16 \| LSHAttention, 2 rounds \| sdpa \| {NUMBER} \|.*x \|"),
     ("lsh_layer.md", rf"\| fp32 \| LSHAttention, 2 rounds \| triton \| {NUMBER} \|.*x \|"),
     ("zoo_layers.md", rf"\| `NeighborhoodAttention3D` \| 1x7x7 neighbourhood \| {NUMBER} \| {NUMBER} \|"),
     (

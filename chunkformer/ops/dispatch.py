@@ -12,8 +12,9 @@ Backends:
 * ``"math"``: a plain, readable softmax(QK^T)V in float32 (or float64) that the tests compare everything
   against.
 * ``"triton"``: LSH attention's fused Triton kernel (``chunkformer.ops.lsh_triton``), on CUDA or, with
-  ``TRITON_INTERPRET=1``, on CPU through Triton's interpreter; never chosen automatically (yet). Dense
-  attention has no Triton kernel of its own and runs SDPA under it.
+  ``TRITON_INTERPRET=1``, on CPU through Triton's interpreter. Under automatic selection LSH attention takes
+  it on CUDA once the kernels pass a self-check there (``chunkformer.ops.lsh_auto``). Dense attention has no
+  Triton kernel of its own and runs SDPA under it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "AttentionBackendError",
     "BackendStatus",
     "attention",
+    "automatic_selection",
     "available_backends",
     "current_backend",
     "use_backend",
@@ -196,6 +198,13 @@ def _ambient_request() -> tuple[str, str]:
     if from_env:
         return from_env, f"the environment variable {ENV_VAR}"
     return "auto", "automatic selection"
+
+
+def automatic_selection() -> bool:
+    """Whether nothing (``use_backend`` or the environment variable) chose a backend, so kernels are
+    picked per input: LSH attention takes this to mean it may run its Triton kernels on CUDA
+    (``chunkformer.ops.lsh_auto``)."""
+    return _ambient_request()[0] == "auto"
 
 
 def current_backend(

@@ -12,8 +12,6 @@ import math
 
 import torch
 
-from chunkformer.ops.block_attention import select_block_kernel
-from chunkformer.ops.dispatch import current_backend
 from chunkformer.ops.lsh import (
     LSHLayout,
     bucket_aligned_layout,
@@ -22,6 +20,7 @@ from chunkformer.ops.lsh import (
     random_rotations,
     sorted_layout,
 )
+from chunkformer.ops.lsh_auto import lsh_kernel_for
 from chunkformer.ops.lsh_autograd import LSHAttentionFunction
 from chunkformer.ops.lsh_checks import check_lsh_inputs, renamed_keyword
 from chunkformer.ops.lsh_dropout import DropoutReplay
@@ -114,9 +113,11 @@ def lsh_attention(
     ``CHUNKFORMER_ATTN_BACKEND`` variable, else automatic): PyTorch's flash kernels on CPU and its
     memory-efficient kernels on CUDA for ``"sdpa"``, xformers' on CUDA for ``"xformers"``, batched matmul for
     ``"math"`` and whenever ``dropout_p > 0`` or no fused kernel takes the input (see the kernel records in
-    ``chunkformer.ops.block_attention``). ``"triton"`` (selected explicitly; on CUDA, or on CPU under
-    ``TRITON_INTERPRET=1``) runs the fused Triton kernels of ``chunkformer.ops.lsh_triton``, which read
-    the unsorted rows in place and build the masks themselves; with dropout it falls back to the math path.
+    ``chunkformer.ops.block_attention``). ``"triton"`` (on CUDA, or on CPU under ``TRITON_INTERPRET=1``)
+    runs the fused Triton kernels of ``chunkformer.ops.lsh_triton``, which read the unsorted rows in place
+    and build the masks themselves; with dropout it falls back to the math path. Automatic selection takes
+    them on CUDA, in eager mode, once they have passed a self-check on the device
+    (``chunkformer.ops.lsh_auto``).
 
     Randomness: rotations (and dropout) come from ``generator``, on the inputs' device; the global RNG is
     neither read nor advanced. With ``generator=None`` a fixed seed is used, so calls are reproducible: bit
@@ -188,7 +189,7 @@ def lsh_attention(
         layout = _lay_out(query_buckets, key_buckets, valid, bucket_size, n_buckets, is_causal, shared_qk)
         dropout = DropoutReplay.record(generator, dropout_p, layout)
 
-    kernel = select_block_kernel(current_backend(q, k, v), q.device, dropout_p, q.dtype)
+    kernel = lsh_kernel_for(q, k, v, dropout_p)
     scale = 1.0 / math.sqrt(head_dim)
     if kernel.reads_rows_in_place:
         # Imported here: the Triton path's modules are only needed where it runs.
