@@ -5,8 +5,8 @@ Automatic selection (no ``use_backend`` block, no ``CHUNKFORMER_ATTN_BACKEND``) 
 (``chunkformer.ops.lsh_triton``) when all of these hold, and ``auto_triton_reasons`` says which one failed:
 
 * the inputs are on CUDA (on CPU the kernels run only through Triton's interpreter, which is for tests);
-* Triton imports and the kernels' record takes the dtype and ``dropout_p`` (float16, bfloat16, float32; no
-  dropout);
+* Triton imports, the inputs are float16 or bfloat16 (the dtypes whose dots run on tensor cores; float32
+  runs on the block path unless pinned), and ``dropout_p`` is 0;
 * the call is not being traced by ``torch.compile`` (the Triton path is launched from Python and has not
   been run under Dynamo; compiled models keep the block path) nor captured into a CUDA graph;
 * the self-check passed: the first time, per device and dtype, the kernels run two small cases (sorted
@@ -26,7 +26,8 @@ import warnings
 import torch
 
 from chunkformer.ops.block_attention import BLOCK_KERNELS, BlockKernel, select_block_kernel
-from chunkformer.ops.dispatch import automatic_selection, current_backend, use_backend
+from chunkformer.ops.dispatch import automatic_selection, current_backend
+from chunkformer.ops.lsh_pass import run_pass
 
 __all__ = [
     "AUTO_TRITON_DEVICES",
@@ -81,6 +82,13 @@ def auto_triton_reasons(device: torch.device | str, dtype: torch.dtype, dropout_
     reasons = BLOCK_KERNELS["triton"].not_supported_reasons(device, dtype, dropout_p)
     if reasons:
         return reasons
+    if dtype == torch.float32:
+        # Compiled for sm_80 / sm_90 their fp32 dots ("ieee", no TF32) run on CUDA cores and ptxas spills
+        # 7-14 KB per thread (tests/ops/test_lsh_triton_compiles.py): not a default before a GPU has timed it.
+        return [
+            "float32 inputs keep the block path: the Triton kernels' exact float32 dots run without tensor "
+            "cores (use bf16 / fp16, e.g. autocast, or pin use_backend('triton'))"
+        ]
     if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         return ["a CUDA graph is being captured; the self-check cannot run inside it"]
     if device.type == "cuda" and device.index is None:
@@ -124,9 +132,7 @@ def check_errors(device: torch.device, dtype: torch.dtype) -> dict[str, float]:
     Raises:
         Exception: whatever the kernels raise (a compile error on an unsupported GPU, for one).
     """
-    # Imported here: lsh_kernel imports this module.
-    from chunkformer.ops.lsh_kernel import lsh_attention
-
+    kernels = {"triton": BLOCK_KERNELS["triton"], "math": BLOCK_KERNELS["math"]}
     errors = {}
     # The caller may be in autocast, no_grad or inference mode (an evaluation loop's first batch).
     with (
@@ -142,21 +148,23 @@ def check_errors(device: torch.device, dtype: torch.dtype) -> dict[str, float]:
             mask = torch.zeros(_CHECK_SHAPE[0], _CHECK_SHAPE[2], dtype=torch.bool, device=device)
             mask[0, _CHECK_SHAPE[2] - padding :] = True
             results = {}
-            for backend in ("triton", "math"):
+            for name, kernel in kernels.items():
                 leaves = [x.clone().requires_grad_() for x in ((q, v) if shared_qk else (q, k, v))]
-                with use_backend(backend):
-                    out = lsh_attention(
-                        leaves[0],
-                        None if shared_qk else leaves[1],
-                        leaves[-1],
-                        is_causal=is_causal,
-                        shared_qk=shared_qk,
-                        key_padding_mask=mask if padding else None,
-                        generator=torch.Generator(device=device).manual_seed(case),
-                        **_CHECK_KWARGS,
-                    )
+                out = run_pass(
+                    leaves[0],
+                    None if shared_qk else leaves[1],
+                    leaves[-1],
+                    kernel,
+                    is_causal=is_causal,
+                    shared_qk=shared_qk,
+                    key_padding_mask=mask if padding else None,
+                    generator=torch.Generator(device=device).manual_seed(case),
+                    dropout_p=0.0,
+                    blocks_per_piece=None,
+                    **_CHECK_KWARGS,
+                )
                 grads = torch.autograd.grad(out, leaves, grad_out)
-                results[backend] = (out, *grads)
+                results[name] = (out, *grads)
             layout = "causal, shared QK" if is_causal else "sorted, key padding"
             names = ("output", "dq", "dv") if shared_qk else ("output", "dq", "dk", "dv")
             for name, got, expected in zip(names, results["triton"], results["math"], strict=True):

@@ -1,6 +1,8 @@
 """Reformer-style LSH attention: the public entry, ``lsh_attention``.
 
-It runs named steps, each in its own module: hashing and the layouts (``chunkformer.ops.lsh``), per-round
+It checks the inputs, picks the kernel (``chunkformer.ops.lsh_auto``) and runs one pass
+(``chunkformer.ops.lsh_pass``), whose steps each have a module: hashing and the layouts
+(``chunkformer.ops.lsh``), per-round
 block attention (``chunkformer.ops.lsh_rounds``) merged by log-sum-exp (``chunkformer.ops.lsh_merge``),
 both inside one autograd function (``chunkformer.ops.lsh_autograd``). The slow, independent reference the
 fast path is tested against is ``chunkformer.ops.lsh_attention_reference``.
@@ -8,56 +10,17 @@ fast path is tested against is ``chunkformer.ops.lsh_attention_reference``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from chunkformer.ops.lsh import (
-    LSHLayout,
-    bucket_aligned_layout,
-    default_n_buckets,
-    hash_buckets,
-    random_rotations,
-    sorted_layout,
-)
+from chunkformer.ops.lsh import default_n_buckets
 from chunkformer.ops.lsh_auto import lsh_kernel_for
-from chunkformer.ops.lsh_autograd import LSHAttentionFunction
 from chunkformer.ops.lsh_checks import check_lsh_inputs, renamed_keyword
-from chunkformer.ops.lsh_dropout import DropoutReplay
+from chunkformer.ops.lsh_pass import run_pass
 
 __all__ = ["lsh_attention"]
 
 # The rotations' seed when the caller gives no generator, so calls are reproducible.
 _DEFAULT_SEED = 0
-
-
-def _hash_rounds(
-    q: torch.Tensor,
-    k: torch.Tensor | None,
-    n_hashes: int,
-    n_buckets: int,
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Buckets (G, R, N) of the queries and keys (the same tensor when k is None: shared QK), one random
-    rotation per round shared by both."""
-    rotations = random_rotations(q.shape[-1], n_hashes, n_buckets, generator, q.device)
-    query_buckets = hash_buckets(q, rotations, n_buckets)
-    key_buckets = query_buckets if k is None else hash_buckets(k, rotations, n_buckets)
-    return query_buckets, key_buckets
-
-
-def _lay_out(
-    query_buckets: torch.Tensor,
-    key_buckets: torch.Tensor,
-    valid: torch.Tensor | None,
-    bucket_size: int,
-    n_buckets: int,
-    is_causal: bool,
-    shared_qk: bool,
-) -> LSHLayout:
-    """The bucket-aligned layout when causal (a token's slot depends only on earlier tokens), else sorted."""
-    build = bucket_aligned_layout if is_causal else sorted_layout
-    return build(query_buckets, key_buckets, valid, bucket_size, n_buckets, shared_qk)
 
 
 @renamed_keyword("causal", "is_causal")
@@ -172,32 +135,24 @@ def lsh_attention(
         dropout_p,
         blocks_per_piece,
     )
-    batch, heads, seq_len, head_dim = q.shape
     if n_buckets is None:
-        n_buckets = default_n_buckets(seq_len, bucket_size)
+        n_buckets = default_n_buckets(q.shape[2], bucket_size)
     if generator is None:
         generator = torch.Generator(device=q.device if q.device.type != "meta" else "cpu")
         generator.manual_seed(_DEFAULT_SEED)
-    groups = batch * heads
-    q_flat = q.reshape(groups, seq_len, head_dim)
-    k_flat = None if shared_qk else k.reshape(groups, seq_len, head_dim)
-    v_flat = v.reshape(groups, seq_len, v.shape[-1])
-    valid = None if key_padding_mask is None else (~key_padding_mask).repeat_interleave(heads, dim=0)
-
-    with torch.no_grad():
-        query_buckets, key_buckets = _hash_rounds(q_flat, k_flat, n_hashes, n_buckets, generator)
-        layout = _lay_out(query_buckets, key_buckets, valid, bucket_size, n_buckets, is_causal, shared_qk)
-        dropout = DropoutReplay.record(generator, dropout_p, layout)
-
     kernel = lsh_kernel_for(q, k, v, dropout_p)
-    scale = 1.0 / math.sqrt(head_dim)
-    if kernel.reads_rows_in_place:
-        # Imported here: the Triton path's modules are only needed where it runs.
-        from chunkformer.ops.lsh_triton import TritonLSHFunction
-
-        out = TritonLSHFunction.apply(q_flat, k_flat, v_flat, layout, valid, scale, shared_qk)
-    else:
-        out = LSHAttentionFunction.apply(
-            q_flat, k_flat, v_flat, layout, valid, scale, shared_qk, dropout, kernel, blocks_per_piece
-        )
-    return out.reshape(batch, heads, seq_len, v.shape[-1])
+    return run_pass(
+        q,
+        k,
+        v,
+        kernel,
+        bucket_size=bucket_size,
+        n_hashes=n_hashes,
+        n_buckets=n_buckets,
+        is_causal=is_causal,
+        shared_qk=shared_qk,
+        key_padding_mask=key_padding_mask,
+        generator=generator,
+        dropout_p=dropout_p,
+        blocks_per_piece=blocks_per_piece,
+    )

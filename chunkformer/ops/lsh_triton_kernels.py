@@ -321,11 +321,19 @@ def lsh_round_backward(
                 mask=in_block[:, None] & (value_dims < value_dim)[None, :],
             )
         else:
+            # Relaxed: the sums need atomicity, not ordering (they are read after the launch). Triton's
+            # default, acq_rel, fences every add (sm_80 / sm_90 PTX: atom.acq_rel against red.relaxed).
             tl.atomic_add(
-                grad_k_ptr + key_rows[:, None] * head_dim + dims[None, :], grad_k, mask=key_head_mask
+                grad_k_ptr + key_rows[:, None] * head_dim + dims[None, :],
+                grad_k,
+                mask=key_head_mask,
+                sem="relaxed",
             )
             tl.atomic_add(
-                grad_v_ptr + key_rows[:, None] * value_dim + value_dims[None, :], grad_v, mask=key_value_mask
+                grad_v_ptr + key_rows[:, None] * value_dim + value_dims[None, :],
+                grad_v,
+                mask=key_value_mask,
+                sem="relaxed",
             )
     grad_q_at = grad_q_ptr + query_rows[:, None] * head_dim + dims[None, :]
     tl.store(grad_q_at, tl.load(grad_q_at, mask=head_mask, other=0.0) + grad_q, mask=head_mask)

@@ -45,9 +45,9 @@ def auto_on_device(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     lsh_auto.triton_self_check.cache_clear()
 
 
-def qkv(seed: int = 0, shape: tuple[int, int, int, int] = (1, 2, 32, 16)) -> list[torch.Tensor]:
+def qkv(seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(shape, generator=generator).to(DEVICE) for _ in range(3)]
+    return [torch.randn((1, 2, 32, 16), generator=generator).to(DEVICE, dtype) for _ in range(3)]
 
 
 def count_calls(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> list[int]:
@@ -78,7 +78,7 @@ def test_auto_takes_the_triton_kernels_after_one_self_check(
     with use_backend("triton"):
         assert torch.equal(auto, lsh_attention(q, k, v, **KWARGS))
     # Another dtype is checked on its own.
-    lsh_auto.lsh_kernel_for(*(x.to(torch.bfloat16) for x in (q, k, v)), 0.0)
+    assert lsh_auto.lsh_kernel_for(*(x.to(torch.float16) for x in (q, k, v)), 0.0).name == "triton"
     assert len(checks) == 2
 
 
@@ -140,15 +140,18 @@ def test_explicit_choices_and_refusals_keep_the_block_path(
     monkeypatch.setenv("CHUNKFORMER_ATTN_BACKEND", "math")
     assert lsh_auto.lsh_kernel_for(q, k, v, 0.0).name == "math"
     monkeypatch.delenv("CHUNKFORMER_ATTN_BACKEND")
-    assert any("dropout" in reason for reason in lsh_auto.auto_triton_reasons(DEVICE, torch.float32, 0.1))
+    assert any("dropout" in reason for reason in lsh_auto.auto_triton_reasons(DEVICE, torch.bfloat16, 0.1))
     assert lsh_auto.lsh_kernel_for(q, k, v, 0.1).name == "math"
     assert any("float64" in reason for reason in lsh_auto.auto_triton_reasons(DEVICE, torch.float64))
+    # float32: the block path unless pinned (the kernels' exact fp32 dots have no tensor cores).
+    assert "float32 inputs keep the block path" in lsh_auto.auto_triton_reasons(DEVICE, torch.float32)[0]
+    assert lsh_auto.lsh_kernel_for(*(x.float() for x in (q, k, v)), 0.0).name != "triton"
     assert not checks, "no self-check where the kernels are not wanted or cannot run"
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    assert any("torch.compile" in reason for reason in lsh_auto.auto_triton_reasons(DEVICE, torch.float32))
+    assert any("torch.compile" in reason for reason in lsh_auto.auto_triton_reasons(DEVICE, torch.bfloat16))
     monkeypatch.undo()
     # Off the listed devices (CPU by default) automatic selection never takes them.
-    assert "cuda only, not cpu" in lsh_auto.auto_triton_reasons("cpu", torch.float32)[0]
+    assert "cuda only, not cpu" in lsh_auto.auto_triton_reasons("cpu", torch.bfloat16)[0]
     assert not checks
 
 
@@ -164,5 +167,5 @@ def test_the_self_check_runs_under_inference_mode_and_autocast(auto_on_device: N
         warnings.simplefilter("error", RuntimeWarning)
         out = lsh_attention(q, k, v, **KWARGS)
     assert lsh_auto.triton_self_check.cache_info().currsize == 1
-    assert lsh_auto.auto_triton_reasons(DEVICE, torch.float32) == []
+    assert lsh_auto.auto_triton_reasons(DEVICE, torch.bfloat16) == []
     assert out.shape == v.shape

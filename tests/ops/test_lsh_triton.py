@@ -41,7 +41,7 @@ REQUIRED = os.environ.get(REQUIRE_VAR, "").strip() == "1"
 if not REQUIRED:
     pytest.importorskip("triton", reason="triton is not installed (pip install 'chunkformer[test]')")
 
-import chunkformer.ops.lsh_kernel as lsh_kernel  # noqa: E402
+import chunkformer.ops.lsh_pass as lsh_pass  # noqa: E402
 from chunkformer.ops import (  # noqa: E402
     available_backends,
     current_backend,
@@ -52,8 +52,8 @@ from chunkformer.ops import (  # noqa: E402
 )
 from chunkformer.ops.block_attention import BLOCK_KERNELS, block_forward, select_block_kernel  # noqa: E402
 from chunkformer.ops.lsh import LSHLayout, random_rotations  # noqa: E402
-from chunkformer.ops.lsh_kernel import _hash_rounds, _lay_out  # noqa: E402
 from chunkformer.ops.lsh_merge import RoundMerge  # noqa: E402
+from chunkformer.ops.lsh_pass import hash_rounds, lay_out  # noqa: E402
 from chunkformer.ops.lsh_pieces import PieceRows  # noqa: E402
 from chunkformer.ops.lsh_reference import reference_hash_margin  # noqa: E402
 from chunkformer.ops.lsh_rounds import BlockRounds  # noqa: E402
@@ -116,7 +116,7 @@ def rotations_as_on_cpu(device: str) -> Iterator[None]:
         on_cpu = torch.Generator().manual_seed(generator.initial_seed())
         return random_rotations(head_dim, n_hashes, n_buckets, on_cpu, torch.device("cpu")).to(device)
 
-    with mock.patch.object(lsh_kernel, "random_rotations", drawn_on_cpu):
+    with mock.patch.object(lsh_pass, "random_rotations", drawn_on_cpu):
         yield
 
 
@@ -188,8 +188,8 @@ def layout_of(q, k, bucket_size, n_hashes, n_buckets, causal, shared_qk, mask):
     k_flat = None if shared_qk else k.reshape(groups, k.shape[2], -1)
     valid = None if mask is None else (~mask).repeat_interleave(q.shape[1], dim=0)
     generator = torch.Generator().manual_seed(0)
-    query_buckets, key_buckets = _hash_rounds(q_flat, k_flat, n_hashes, n_buckets, generator)
-    layout = _lay_out(query_buckets, key_buckets, valid, bucket_size, n_buckets, causal, shared_qk)
+    query_buckets, key_buckets = hash_rounds(q_flat, k_flat, n_hashes, n_buckets, generator)
+    layout = lay_out(query_buckets, key_buckets, valid, bucket_size, n_buckets, causal, shared_qk)
     keys = unit_keys(q_flat)[0] if shared_qk else k_flat
     return layout, q_flat.contiguous(), keys.contiguous()
 
