@@ -4,7 +4,7 @@ after a self-check, the block path otherwise.
 Where torch sees a GPU these tests run on CUDA as users' code does, the self-check compiling the kernels for
 real. Without one, Triton's interpreter stands in: ``AUTO_TRITON_DEVICES`` is widened to CPU for the test,
 so the same rules (check once, fall back with a warning on a wrong or failing kernel, explicit choices win)
-run on CPU tensors. Sizes are the self-check's own (B 2, 2 heads, N 64, d 16): about 3 s a check
+run on CPU tensors. Sizes are the self-check's own (B 2, 2 heads, N 48, d 16): about 3 s a check
 interpreted.
 """
 
@@ -24,7 +24,7 @@ if DEVICE == "cpu":
 if os.environ.get("CHUNKFORMER_REQUIRE_TRITON", "").strip() != "1":
     pytest.importorskip("triton", reason="triton is not installed (pip install 'chunkformer[test]')")
 
-from chunkformer.ops import lsh_attention, lsh_auto, lsh_triton, use_backend  # noqa: E402
+from chunkformer.ops import current_backend, lsh_attention, lsh_auto, lsh_triton, use_backend  # noqa: E402
 from chunkformer.ops.triton_support import triton_device_reasons, triton_reasons  # noqa: E402
 
 _REFUSED = list(dict.fromkeys(triton_reasons() + triton_device_reasons(DEVICE, torch.float32)))
@@ -114,7 +114,8 @@ def test_a_kernel_that_disagrees_is_not_used(auto_on_device: None, monkeypatch: 
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         out = lsh_attention(q, k, v, **KWARGS)
-    with use_backend("sdpa"):
+    # The same kernel as automatic selection's dense backend (xformers where it works on CUDA, else SDPA).
+    with use_backend(current_backend(q, k, v)):
         torch.testing.assert_close(out, lsh_attention(q, k, v, **KWARGS), rtol=0, atol=0)
 
 
