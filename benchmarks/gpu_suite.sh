@@ -135,10 +135,11 @@ if (( smoke )); then
     # The Triton rows run through the interpreter, a few programs a second: one frame, 2 heads of 16.
     step lsh_layer 25 env TRITON_INTERPRET=1 "$py" benchmarks/lsh_layer.py --frames 1 --side 14 --dim 32 \
         --heads 2 --hashes 1 2 --dtypes bf16 fp32 --backends sdpa triton --repeats 1 --threads 2 \
-        --markdown-out "$out/lsh_layer.md"
+        --markdown-out "$out/lsh_layer.md" --json-out "$out/lsh_layer.json"
 else
     step lsh_layer 35 "$py" benchmarks/lsh_layer.py --device cuda --frames 64 --side 56 --hashes 1 4 \
-        --dtypes bf16 fp32 --backends sdpa triton --repeats 3 --markdown-out "$out/lsh_layer.md"
+        --dtypes bf16 fp32 --backends sdpa triton --repeats 3 --markdown-out "$out/lsh_layer.md" \
+        --json-out "$out/lsh_layer.json"
 fi
 
 # Every attention layer (SCT's and the zoo's) on 8 frames of 56 x 56 tokens, C 96: a batch of 8 in bf16 on
@@ -173,7 +174,7 @@ else
     step models_block 20 "$py" benchmarks/models.py "${models[@]}" --models sct_s --frames 8 --batch 4 \
         --backend sdpa --markdown-out "$out/models_block.md"
     step models_compile 55 "$py" benchmarks/models.py "${models[@]}" --models sct_s --frames 8 --batch 4 \
-        --compile --markdown-out "$out/models_compile.md"
+        --compile --markdown-out "$out/models_compile.md" --json-out "$out/models_compile.json"
     step models_checkpointing 15 "$py" benchmarks/models.py "${models[@]}" --models sct_s --frames 24 \
         --batch 2 --grad-checkpointing --markdown-out "$out/models_checkpointing.md"
 fi
@@ -189,13 +190,16 @@ else
 fi
 grep "^[a-z0-9]*: max abs loss difference" "$out/recipe_resume.log"
 
+# Each target met or missed, from the steps' JSON (a missing measurement reads "not measured").
+"$py" benchmarks/gpu_targets.py "$out" --markdown-out "$out/targets.md" >"$out/targets.log" 2>&1 \
+    || echo "targets table failed (see targets.log)"
 {
     echo "# GPU suite$( ((smoke)) && echo " (--smoke: CPU, toy sizes)")"
     echo
     echo '```'
     cat "$out/environment.log" "$out/timings.txt"
     echo '```'
-    for table in lsh_bf16 lsh_fp32 lsh_layer zoo_layers models_eager models_eager_8 models_eager_24 \
+    for table in targets lsh_bf16 lsh_fp32 lsh_layer zoo_layers models_eager models_eager_8 models_eager_24 \
         models_triton models_block models_compile models_checkpointing recipe_resume; do
         [[ -s "$out/$table.md" ]] && { echo; echo "## $table"; echo; cat "$out/$table.md"; }
     done

@@ -477,6 +477,7 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 forward_flops, backward_flops = _flops(length, n_hashes)
                 share = (forward_flops + backward_flops) / row["fwd_bwd_s"] / (peak * 1e9)
+                row["matmul_share"] = share  # for benchmarks/gpu_targets.py, from the JSON
                 ratio = f"{row['fwd_bwd_s'] / ours['fwd_bwd_s']:.2f}x" if ours else "-"
                 share_text = f"{share:.0%}" if row["impl"] != "sdpa-full" else "-"
                 error = f"{row['error']:.3f}" if row.get("error") is not None else "-"

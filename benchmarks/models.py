@@ -323,6 +323,7 @@ def _train_step_table(
             lines.append(f"{head} failed: {reason} | | | | | | |")
             continue
         share = 3 * 2 * row["gmacs"] * 1e9 * args.batch / row["step_s"] / (peak * 1e9)
+        row |= {"batch": args.batch, "variant": variant, "matmul_share": share}  # for gpu_targets.py
         lines.append(
             f"{head} {row['params_m']:.2f}M | {row['gmacs']:.1f} | {row['first_step_s']:.2f} | "
             f"{row['step_s']:.3f} | {args.batch / row['step_s']:.2f} | {row['peak_mb']:.0f} | {share:.1%} |"
