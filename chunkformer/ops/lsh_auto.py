@@ -7,8 +7,9 @@ Automatic selection (no ``use_backend`` block, no ``CHUNKFORMER_ATTN_BACKEND``) 
 * the inputs are on CUDA (on CPU the kernels run only through Triton's interpreter, which is for tests);
 * Triton imports, the inputs are float16 or bfloat16 (the dtypes whose dots run on tensor cores; float32
   runs on the block path unless pinned), and ``dropout_p`` is 0;
-* the call is not being traced by ``torch.compile`` (the Triton path is launched from Python and has not
-  been run under Dynamo; compiled models keep the block path) nor captured into a CUDA graph;
+* the call is not being traced by ``torch.compile`` (there the Triton path is a graph break: it runs
+  eagerly between graphs, and ``fullgraph=True`` refuses it; compiled models keep the block path) nor
+  captured into a CUDA graph;
 * the self-check passed: the first time, per device and dtype, the kernels run two small cases (sorted
   layout with key padding; causal with shared QK; two rounds each) forward and backward, compared with the
   block path's math kernel on the same inputs. A kernel that fails to compile or disagrees is not used
@@ -74,7 +75,10 @@ def auto_triton_reasons(device: torch.device | str, dtype: torch.dtype, dropout_
         'automatic selection takes the Triton kernels on cuda only, not cpu'
     """
     if torch.compiler.is_compiling():
-        return ["under torch.compile LSH attention keeps the block path (pin use_backend('triton') to try)"]
+        return [
+            "under torch.compile LSH attention keeps the block path: the Triton path would be a graph break "
+            "(pin use_backend('triton') to run it between graphs)"
+        ]
     device = torch.device(device)
     if device.type not in AUTO_TRITON_DEVICES:
         return [

@@ -93,12 +93,27 @@ def run_pass(
 
     scale = 1.0 / math.sqrt(head_dim)
     if kernel.reads_rows_in_place:
-        # Imported here: the Triton path's modules are only needed where it runs.
-        from chunkformer.ops.lsh_triton import TritonLSHFunction
-
-        out = TritonLSHFunction.apply(q_flat, k_flat, v_flat, layout, valid, scale, shared_qk)
+        out = _triton_pass(q_flat, k_flat, v_flat, layout, valid, scale, shared_qk)
     else:
         out = LSHAttentionFunction.apply(
             q_flat, k_flat, v_flat, layout, valid, scale, shared_qk, dropout, kernel, blocks_per_piece
         )
     return out.reshape(batch, heads, seq_len, v.shape[-1])
+
+
+# Dynamo cannot trace the kernels' launches (through the interpreter it fails inside Triton): under
+# torch.compile the Triton path runs eagerly between graphs, a graph break that fullgraph=True refuses.
+@torch.compiler.disable(reason="the Triton LSH kernels are launched from Python; they run eagerly")
+def _triton_pass(
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    v: torch.Tensor,
+    layout: LSHLayout,
+    valid: torch.Tensor | None,
+    scale: float,
+    shared_qk: bool,
+) -> torch.Tensor:
+    # Imported here: the Triton path's modules are only needed where it runs.
+    from chunkformer.ops.lsh_triton import TritonLSHFunction
+
+    return TritonLSHFunction.apply(q, k, v, layout, valid, scale, shared_qk)

@@ -59,6 +59,9 @@ def triton_import_error() -> str | None:
     return None
 
 
+# Constant under torch.compile (Dynamo cannot trace the import and the interpreter probes, and their answers
+# cannot change while the process runs), as the attention dispatch's machine reasons are.
+@torch.compiler.assume_constant_result
 def triton_reasons() -> list[str]:
     """Why this machine cannot run Triton kernels at all (empty: it can, on some device)."""
     reasons = []
@@ -73,6 +76,7 @@ def triton_reasons() -> list[str]:
     return reasons
 
 
+@torch.compiler.assume_constant_result
 def triton_device_reasons(device: torch.device | str, dtype: torch.dtype) -> list[str]:
     """Why Triton kernels cannot take tensors of ``dtype`` on ``device`` (machine reasons not included)."""
     device_type = torch.device(device).type

@@ -402,6 +402,27 @@ def test_triton_is_selected_when_asked_and_not_automatically_on_cpu(monkeypatch:
     assert len(calls) == 2
 
 
+def test_under_torch_compile_the_kernels_run_between_graphs() -> None:
+    """Pinned under torch.compile, the Triton path is a graph break (Dynamo cannot trace the launches; it
+    failed inside Triton before): the same output and gradients as eager, bit for bit."""
+    q, k, v, _ = inputs(13, (1, 2, 32, 16), False, dtype=torch.bfloat16)
+    leaves = [x.to(DEVICE).requires_grad_() for x in (q, k, v)]
+    generator = torch.Generator(device=DEVICE)
+
+    def attend(q, k, v):
+        return lsh_attention(q, k, v, bucket_size=8, n_hashes=2, generator=generator)
+
+    results = []
+    with use_backend("triton"), rotations_as_on_cpu(DEVICE):
+        for function in (attend, torch.compile(attend, backend="eager")):
+            generator.manual_seed(0)
+            out = function(*leaves)
+            results.append((out, *torch.autograd.grad(out.float().sum(), leaves)))
+    torch._dynamo.reset()
+    for eager, compiled in zip(*results, strict=True):
+        assert torch.equal(eager, compiled)
+
+
 def test_dropout_and_float64_fall_back_to_the_math_path(monkeypatch: pytest.MonkeyPatch) -> None:
     assert select_block_kernel("triton", DEVICE, 0.0, torch.float32).name == "triton"
     assert select_block_kernel("triton", DEVICE, 0.1, torch.float32).name == "math"
