@@ -89,8 +89,8 @@ def auto_triton_reasons(device: torch.device | str, dtype: torch.dtype, dropout_
     if reasons:
         return reasons
     if dtype == torch.float32:
-        # Compiled for sm_80 / sm_90 their fp32 dots ("ieee", no TF32) run on CUDA cores and ptxas spills
-        # 7-14 KB per thread (tests/ops/test_lsh_triton_compiles.py): not a default before a GPU has timed it.
+        # Compiled for sm_90 their fp32 dots ("ieee", no TF32) run on CUDA cores and ptxas spills 4-18 KB
+        # per thread (tests/ops/test_lsh_triton_compiles.py): not a default before a GPU has timed it.
         return [
             "float32 inputs keep the block path: the Triton kernels' exact float32 dots run without tensor "
             "cores (use bf16 / fp16, e.g. autocast, or pin use_backend('triton'))"

@@ -2,10 +2,10 @@
 
 It checks the inputs, picks the kernel (``chunkformer.ops.lsh_auto``) and runs one pass
 (``chunkformer.ops.lsh_pass``), whose steps each have a module: hashing and the layouts
-(``chunkformer.ops.lsh``), per-round
-block attention (``chunkformer.ops.lsh_rounds``) merged by log-sum-exp (``chunkformer.ops.lsh_merge``),
-both inside one autograd function (``chunkformer.ops.lsh_autograd``). The slow, independent reference the
-fast path is tested against is ``chunkformer.ops.lsh_attention_reference``.
+(``chunkformer.ops.lsh``), per-round block attention (``chunkformer.ops.lsh_rounds``) merged by
+log-sum-exp (``chunkformer.ops.lsh_merge``), both inside one autograd function
+(``chunkformer.ops.lsh_autograd``), or the fused Triton kernels (``chunkformer.ops.lsh_triton``). The slow,
+independent reference the fast paths are tested against is ``chunkformer.ops.lsh_attention_reference``.
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ def lsh_attention(
     ``chunkformer.ops.block_attention``). ``"triton"`` (on CUDA, or on CPU under ``TRITON_INTERPRET=1``)
     runs the fused Triton kernels of ``chunkformer.ops.lsh_triton``, which read the unsorted rows in place
     and build the masks themselves; with dropout it falls back to the math path. Automatic selection takes
-    them on CUDA, in eager mode, once they have passed a self-check on the device
-    (``chunkformer.ops.lsh_auto``).
+    them on CUDA, in eager mode, for float16 and bfloat16 inputs, once they have passed a self-check on the
+    device (``chunkformer.ops.lsh_auto``).
 
     Randomness: rotations (and dropout) come from ``generator``, on the inputs' device; the global RNG is
     neither read nor advanced. With ``generator=None`` a fixed seed is used, so calls are reproducible: bit

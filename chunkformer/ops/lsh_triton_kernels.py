@@ -322,7 +322,7 @@ def lsh_round_backward(
             )
         else:
             # Relaxed: the sums need atomicity, not ordering (they are read after the launch). Triton's
-            # default, acq_rel, fences every add (sm_80 / sm_90 PTX: atom.acq_rel against red.relaxed).
+            # default, acq_rel, orders memory around every add (PTX atom.acq_rel, against red.relaxed).
             tl.atomic_add(
                 grad_k_ptr + key_rows[:, None] * head_dim + dims[None, :],
                 grad_k,
