@@ -37,8 +37,8 @@ __all__ = ["KernelTables", "TritonLSHFunction", "kernel_tables", "triton_rounds"
 # tl.dot needs every dimension of a tile to be at least 16 and tl.arange a power of two.
 _MIN_TILE = 16
 # Warps per backward program. With Triton's default 4, ptxas spills registers on sm_90 (bf16, bucket 49:
-# head 16, 52 bytes per thread; head 64, 180), with 8 none (174 and 243 registers); the forward keeps 4
-# (168 registers, no spills). Checked in tests/ops/test_lsh_triton_compiles.py.
+# head 16, 72 bytes per thread stored and loaded; head 64, 808), with 8 none (185 and 250 registers); the
+# forward keeps 4 (168 registers, no spills). Checked in tests/ops/test_lsh_triton_compiles.py.
 _BACKWARD_WARPS = 8
 
 

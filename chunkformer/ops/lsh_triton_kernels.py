@@ -127,7 +127,8 @@ def lsh_round_forward(
     out (G, N, dv) and lse (G, N) float32.
     """
     block = tl.program_id(0)
-    group = tl.program_id(1)
+    # int64 from here on: row offsets (group * seq_len + token) * head_dim pass 2**31 in large calls.
+    group = tl.program_id(1).to(tl.int64)
     slots = tl.arange(0, BLOCK)
     in_block = slots < BUCKET
     view = (group * n_rounds + round_index) * n_blocks + block
@@ -245,7 +246,8 @@ def lsh_round_backward(
     incoming gradient counts as 0, whatever it holds (NaN included).
     """
     block = tl.program_id(0)
-    group = tl.program_id(1)
+    # int64 from here on: row offsets (group * seq_len + token) * head_dim pass 2**31 in large calls.
+    group = tl.program_id(1).to(tl.int64)
     slots = tl.arange(0, BLOCK)
     in_block = slots < BUCKET
     view = (group * n_rounds + round_index) * n_blocks + block

@@ -15,7 +15,10 @@ Triton ships, in a subprocess without ``TRITON_INTERPRET`` (about 25 s on 2 core
   Triton's default acq_rel atomics, which fence every add; the deterministic backward has no float atomics;
 * shared memory per program fits 99 KiB, the smallest per-block limit from sm_80 to sm_90 (sm_86 / sm_89);
 * on sm_90 the fp16 / bf16 kernels spill no registers (ptxas's report): the backward runs 8 warps, with
-  Triton's default 4 it spilled 52-180 bytes per thread.
+  Triton's default 4 it spills 72-808 bytes per thread (stored and loaded);
+* offsets are computed in int64 (the program's group index is widened first, in the TTIR): a call whose
+  tensors pass 2**31 elements would otherwise index wrapped rows, silently, which no test here could
+  allocate.
 """
 
 from __future__ import annotations
@@ -96,3 +99,9 @@ def test_half_precision_kernels_do_not_spill_on_hopper(compiled: list[dict]) -> 
             assert record["spill_bytes"] == 0, record
     backward = [r for r in compiled if r["kernel"] == "lsh_round_backward"]
     assert all(record["num_warps"] == 8 for record in backward)
+
+
+def test_offsets_are_int64(compiled: list[dict]) -> None:
+    assert all(record["int64_offsets"] for record in compiled), [
+        r for r in compiled if not r["int64_offsets"]
+    ]

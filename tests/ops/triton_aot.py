@@ -165,6 +165,10 @@ def main() -> None:
                     record |= {"compiled": False, "error": f"{type(error).__name__}: {error}"[:4000]}
                 else:
                     ptx = compiled.asm["ptx"]
+                    # Offsets are int64 when the program's group index is widened before any arithmetic.
+                    widened = re.search(
+                        r"%group\w* = arith\.extsi %group\w* : i32 to i64", compiled.asm["ttir"]
+                    )
                     found = Counter(m.group(0) for m in re.finditer(INSTRUCTIONS, ptx))
                     registers = re.search(r"Used (\d+) registers", log.getvalue())
                     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log.getvalue())
@@ -177,6 +181,7 @@ def main() -> None:
                         if spills is None
                         else int(spills.group(1)) + int(spills.group(2)),
                         "instructions": dict(found),
+                        "int64_offsets": widened is not None,
                     }
                 print(json.dumps(record), flush=True)
 
