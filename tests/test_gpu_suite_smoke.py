@@ -41,8 +41,8 @@ ROWS = [
     # The targets, from the steps' JSON (toy sizes: the verdicts mean nothing, the rows must be there).
     (
         "targets.md",
-        r"\| \(a\) L 256, 2 rounds: chunkformer-triton vs (reformer-pytorch|hf-reformer), fwd\+bwd "
-        rf"\| {NUMBER}x faster",
+        # Against the faster Reformer where the bench extra is installed; our time either way.
+        rf"\| \(a\) L 256, 2 rounds: chunkformer-triton vs [^|]*, fwd\+bwd \| [^|]*{NUMBER} ms",
     ),
     (
         "targets.md",

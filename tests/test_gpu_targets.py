@@ -91,6 +91,15 @@ def test_verdicts_of_known_outputs(out: Path) -> None:
     assert found["the suite's steps"] == ("504 s", "missed by 1.05x")
 
 
+def test_without_the_peers_ours_is_reported_and_not_judged(tmp_path: Path) -> None:
+    rows = [lsh_row("chunkformer-triton", 1, 4.0, 100)]
+    rows.append({"impl": "reformer-pytorch", "length": 16384, "n_hashes": 1, "failed": "not installed"})
+    write(tmp_path / "lsh_bf16_16384.json", {"peak_gflops": 1e6, "rows": rows})
+    found = verdicts(tmp_path)
+    row = found["(a) L 16384, 1 round: chunkformer-triton vs the faster Reformer, fwd+bwd"]
+    assert row == ("ours 4.00 ms; no Reformer row (failed, or not installed)", "not measured")
+
+
 def test_missing_outputs_read_not_measured(tmp_path: Path) -> None:
     found = verdicts(tmp_path)
     assert len(found) == 4
