@@ -5,10 +5,11 @@ The interpreter tests (``test_lsh_triton.py``) check what the kernels compute; t
 compiler, which is where a GPU user would first fail (a type error in a ``tl.dot``, a layout the target
 cannot hold, too much shared memory). ``triton_aot.py`` captures the kernels' real launches from the
 autograd function and compiles them with ``triton.compile`` for each target, down to a cubin with the ptxas
-Triton ships, in a subprocess without ``TRITON_INTERPRET`` (about 25 s on 2 cores). Asserted of the PTX:
+Triton ships, in a subprocess without ``TRITON_INTERPRET`` (about 30 s on 2 cores). Asserted of the PTX:
 
 * every captured launch (both layouts, shared QK, fp16 / bf16 / fp32, head size 16 and 64, the
-  deterministic backward) compiles for every target it is compiled for;
+  deterministic backward; SCT's case in the three variants Triton specialises the round index into)
+  compiles for every target it is compiled for;
 * fp16 and bf16 dots run on tensor cores (``mma.sync`` on sm_80, ``wgmma`` on sm_90), fp32 dots do not
   (``input_precision="ieee"``: no TF32, as documented);
 * the backward's key and value gradients are added with relaxed reductions (``red...relaxed``), not
@@ -63,6 +64,9 @@ def test_every_launch_compiles_for_every_target(compiled: list[dict]) -> None:
     assert {record["kernel"] for record in compiled} == {"lsh_round_forward", "lsh_round_backward"}
     cases = {(r["dtype"], r["causal"], r["shared_qk"], r["head_dim"], r["deterministic"]) for r in compiled}
     assert len(cases) == 8, cases
+    # Triton specialises the round index (0: divisible by 16, 1: a constant, 2: neither): each compiles.
+    sct = [r for r in compiled if (r["dtype"], r["causal"], r["shared_qk"]) == ("bfloat16", False, False)]
+    assert {r["round_index"] for r in sct if r["head_dim"] == 16 and not r["deterministic"]} == {0, 1, 2}
 
 
 def test_half_precision_dots_use_tensor_cores_and_fp32_dots_do_not(compiled: list[dict]) -> None:

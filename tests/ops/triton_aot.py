@@ -76,9 +76,11 @@ def capture(
     head_dim: int = 16,
     bucket_size: int = 49,
     deterministic: bool = False,
+    n_hashes: int = 1,
 ) -> list[tuple[str, tuple, dict]]:
-    """The launches of one forward and backward pass (the first round of each; the others differ only in
-    the round index, which Triton does not specialise on unless it is 1)."""
+    """The launches of one forward and backward pass, every round's. Rounds differ in the round index only,
+    which Triton specialises on: 0 as divisible by 16, 1 as a constant, others not (three variants of each
+    kernel for three rounds or more)."""
     _launches.clear()
     lsh_triton._kernels = lambda device: _RecordingKernels
     generator = torch.Generator().manual_seed(0)
@@ -87,7 +89,7 @@ def capture(
     q, k, v = (x.to(dtype).requires_grad_() for x in drawn)
     n_buckets = 2 * math.ceil(seq_len / bucket_size / 2)
     buckets = hash_rounds(
-        q.detach(), None if shared_qk else k.detach(), 2, n_buckets, torch.Generator().manual_seed(0)
+        q.detach(), None if shared_qk else k.detach(), n_hashes, n_buckets, torch.Generator().manual_seed(0)
     )
     layout = lay_out(*buckets, None, bucket_size, n_buckets, causal, shared_qk)
     previous = torch.are_deterministic_algorithms_enabled()
@@ -99,37 +101,40 @@ def capture(
         out.float().sum().backward()
     finally:
         torch.use_deterministic_algorithms(previous)
-    first = {}
-    for name, args, kwargs in _launches:
-        first.setdefault(name, (name, args, kwargs))
-    return list(first.values())
+    return list(_launches)
 
 
-def compile_for(name: str, args: tuple, kwargs: dict, capability: int):
-    """Compile one captured launch for ``sm_<capability>`` as the JIT would at that launch."""
+def specialise(name: str, args: tuple, kwargs: dict, capability: int) -> tuple[ASTSource, GPUTarget, dict]:
+    """One captured launch as the JIT would compile it for ``sm_<capability>``: source, target, options."""
     kernel = getattr(lsh_triton_kernels, name)
     target = GPUTarget("cuda", capability, 32)
     backend = make_backend(target)
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
     bound, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
-    source = ASTSource(kernel, signature, constexprs, attrs)
-    return triton.compile(source, target=target, options=options.__dict__)
+    return ASTSource(kernel, signature, constexprs, attrs), target, options.__dict__
+
+
+def compile_for(name: str, args: tuple, kwargs: dict, capability: int):
+    """Compile one captured launch for ``sm_<capability>`` as the JIT would at that launch."""
+    source, target, options = specialise(name, args, kwargs, capability)
+    return triton.compile(source, target=target, options=options)
 
 
 def variants():
-    """(dtype, causal, shared_qk, head_dim, deterministic, targets): every layout and shared-QK case in
-    bf16; fp16 and fp32 on SCT's sorted layout; head size 64; the deterministic backward."""
+    """(dtype, causal, shared_qk, head_dim, deterministic, n_hashes, targets): every layout and shared-QK
+    case in bf16, SCT's (sorted, bf16) with the three round-index variants; fp16 and fp32 on the sorted
+    layout; head size 64; the deterministic backward."""
     bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
     both, hopper = (80, 90), (90,)
-    yield bf16, False, False, 16, False, both
-    yield bf16, False, True, 16, False, hopper
-    yield bf16, True, False, 16, False, hopper
-    yield bf16, True, True, 16, False, hopper
-    yield fp16, False, False, 16, False, both
-    yield fp32, False, False, 16, False, hopper
-    yield bf16, False, False, 64, False, hopper
-    yield bf16, False, False, 16, True, hopper
+    yield bf16, False, False, 16, False, 3, both
+    yield bf16, False, True, 16, False, 1, hopper
+    yield bf16, True, False, 16, False, 1, hopper
+    yield bf16, True, True, 16, False, 1, hopper
+    yield fp16, False, False, 16, False, 1, both
+    yield fp32, False, False, 16, False, 1, hopper
+    yield bf16, False, False, 64, False, 1, hopper
+    yield bf16, False, False, 16, True, 1, hopper
 
 
 def main() -> None:
@@ -139,17 +144,20 @@ def main() -> None:
         print(json.dumps({"unsupported": f"triton {triton.__version__}: JITFunction has no {missing}"}))
         sys.exit(3)
     compiled_before = set()
-    for dtype, causal, shared_qk, head_dim, deterministic, targets in variants():
-        launches = capture(dtype, causal, shared_qk, head_dim, deterministic=deterministic)
+    for dtype, causal, shared_qk, head_dim, deterministic, n_hashes, targets in variants():
+        launches = capture(dtype, causal, shared_qk, head_dim, deterministic=deterministic, n_hashes=n_hashes)
         for name, args, kwargs in launches:
             for capability in targets:
-                # A launch compiled before (the deterministic case's forward) hits Triton's cache: no log.
-                key = (name, capability, str(dtype), head_dim, tuple(sorted(kwargs.items())))
+                # One record per variant Triton would compile; a repeat (the deterministic case's
+                # forward) would hit Triton's cache and run no ptxas.
+                key = specialise(name, args, kwargs, capability)[0].hash() + str(capability)
                 if key in compiled_before:
                     continue
                 compiled_before.add(key)
+                kernel = getattr(lsh_triton_kernels, name)
                 record = {
                     "kernel": name,
+                    "round_index": args[kernel.arg_names.index("round_index")],
                     "dtype": str(dtype).removeprefix("torch."),
                     "causal": causal,
                     "shared_qk": shared_qk,
