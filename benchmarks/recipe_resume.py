@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -68,8 +69,21 @@ def _train(out: Path, data: Path, args: argparse.Namespace, amp: str, extra: lis
     done = subprocess.run(command, capture_output=True, text=True, env=_environment(), timeout=args.timeout)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{tail}")
+        # The table shows the message's last line: the worker's error, not torchrun's summary box.
+        raise RuntimeError(
+            f"{' '.join(command)} failed ({done.returncode}):\n{tail}\n{root_cause(done.stderr)}"
+        )
     return time.perf_counter() - start
+
+
+def root_cause(stderr: str) -> str:
+    """The first exception line of a run's stderr (the worker's, before torchrun's ChildFailedError and
+    summary), else its last line with a word in it."""
+    lines = [line.strip() for line in stderr.splitlines()]
+    for line in lines:
+        if re.match(r"[A-Za-z_][\w.]*(Error|Exception)(: |$)", line) and "ChildFailedError" not in line:
+            return line
+    return next((line for line in reversed(lines) if re.search(r"[A-Za-z]", line)), "no output")
 
 
 def _last_step(path: Path) -> int:
@@ -133,7 +147,8 @@ def _train_killed(out: Path, data: Path, args: argparse.Namespace, amp: str) -> 
     if finished is not None:
         raise RuntimeError(
             f"the run to be killed ended by itself (exit {finished}) before step {args.kill_at} was seen: "
-            f"see {out.name}-killed.log"
+            f"see {out.name}-killed.log\n"
+            + root_cause((out.parent / f"{out.name}-killed.log").read_text(errors="replace"))
         )
     checkpoints = sorted(out.glob("ckpt-*.pt"))
     if not checkpoints:
